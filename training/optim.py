@@ -1,0 +1,132 @@
+"""Optimiser parameter groups, the learning-rate schedule and the mixed-precision choice."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# Parameter roles of a DreamerAgentModel, by the top-level child module that owns them.
+# Everything not listed (the dynamics transformer) is "backbone".
+AGENT_MODULE_PREFIXES = ("agent_",)
+HEAD_MODULE_PREFIXES = ("reward_head", "policy_head", "value_head")
+
+
+@dataclass(frozen=True)
+class GroupScales:
+    """Learning-rate multipliers of the three parameter roles."""
+
+    backbone: float = 1.0
+    agent: float = 1.0
+    heads: float = 1.0
+
+
+def parameter_role(name: str) -> str:
+    """`backbone`, `agent` or `heads` for a parameter name of DreamerModel / DreamerAgentModel."""
+    top = name.split(".", 1)[0]
+    if top.startswith(HEAD_MODULE_PREFIXES):
+        return "heads"
+    if top.startswith(AGENT_MODULE_PREFIXES):
+        return "agent"
+    return "backbone"
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names of parameters exempt from weight decay: everything but the weight matrices of linear layers.
+
+    Decay pulls towards zero, which is meaningful for projection matrices but would shrink normalisation
+    gains and biases and turn learned embeddings and tokens (registers, agent slots, the no-action
+    embedding) into a prior towards zero.
+    """
+    exempt: set[str] = set()
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if not (isinstance(module, nn.Linear) and param_name == "weight"):
+                exempt.add(full)
+    return exempt
+
+
+def build_param_groups(model: nn.Module, learning_rate: float, weight_decay: float, scales: GroupScales) -> list[dict]:
+    """AdamW groups `<role>` and `<role>_no_decay` for each role with trainable parameters.
+
+    Each group carries a `name` (logged) and its own `lr` = learning_rate * scale.
+    """
+    exempt = no_weight_decay_names(model)
+    buckets: dict[str, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        role = parameter_role(name)
+        key = f"{role}_no_decay" if name in exempt else role
+        buckets.setdefault(key, []).append(param)
+    groups = []
+    for key in ("backbone", "backbone_no_decay", "agent", "agent_no_decay", "heads", "heads_no_decay"):
+        if key not in buckets:
+            continue
+        role = key.removesuffix("_no_decay")
+        groups.append(
+            {
+                "name": key,
+                "params": buckets[key],
+                "lr": learning_rate * getattr(scales, role),
+                "weight_decay": 0.0 if key.endswith("_no_decay") else weight_decay,
+            }
+        )
+    return groups
+
+
+def lr_multiplier(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of each group's base LR after `step` optimiser steps: linear warm-up, then the schedule."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    raise ValueError(f"lr_scheduler_type must be cosine | constant | linear, got {schedule!r}")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    lr_multiplier(0, schedule, warmup_steps, total_steps)  # validate the name early
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, schedule, warmup_steps, total_steps)
+    )
+
+
+def choose_mixed_precision(requested: str, device_type: str, cuda_bf16_supported: bool) -> str:
+    """The Accelerate `mixed_precision` value for a device.
+
+    `auto`: bf16 on CUDA devices that support it, fp16 (with loss scaling) on older CUDA devices, `no` on MPS
+    and CPU (bf16 on CPU has no fast kernels here and fp16 autocast is silently ignored there; fp16 with a
+    GradScaler on MPS is unreliable, code review item 12). An explicit request is honoured where it works and
+    refused with a reason where it cannot.
+    """
+    if requested == "auto":
+        if device_type == "cuda":
+            return "bf16" if cuda_bf16_supported else "fp16"
+        return "no"
+    if requested == "fp16" and device_type in ("cpu", "mps"):
+        raise ValueError(f"mixed_precision=fp16 is not supported on {device_type}; use 'no' (or 'bf16' on CPU)")
+    if requested == "bf16" and device_type == "cuda" and not cuda_bf16_supported:
+        raise ValueError("mixed_precision=bf16 requested but this CUDA device has no bf16 support; use fp16")
+    if requested == "bf16" and device_type == "mps":
+        raise ValueError("mixed_precision=bf16 is not supported on mps; use 'no'")
+    return requested
+
+
+def detect_device() -> tuple[str, bool]:
+    """(device type Accelerate will use, whether CUDA bf16 is supported)."""
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda.is_bf16_supported()
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps", False
+    return "cpu", False
