@@ -383,10 +383,10 @@ def evaluate(
 
 
 def dump_rank_state(
-    output_dir: Path, rank: int, model: torch.nn.Module, normalizer: torch.nn.Module, windows: list[int]
+    output_dir: Path, rank: int, model: torch.nn.Module, normalizer: torch.nn.Module, windows: list[list[int]]
 ) -> None:
     """What one process holds at the end (testing aid): a checksum of its weights, its normaliser state and
-    the windows it trained on."""
+    the (window, source) draws it trained on, in order."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -472,12 +472,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from modeling_dreamer.objectives import LossNormalizer
 
     # ---- Accelerator: mixed precision chosen by device, one schedule step per optimiser step ----
-    device_type = PartialState().device.type
+    # Accelerate forms a CPU process group only when told in code that it runs on the CPU; without this a
+    # 2-process CPU launch silently gives two independent single-process runs.
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not (
+        torch.cuda.is_available() or (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    )
+    device_type = PartialState(cpu=use_cpu).device.type
     mixed_precision = choose_mixed_precision(
         args.mixed_precision, device_type, device_type == "cuda" and torch.cuda.is_bf16_supported()
     )
     log_with = None if args.report_to == "none" else args.report_to
     accelerator = Accelerator(
+        cpu=use_cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=log_with,
@@ -551,6 +557,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         accelerator.load_state(str(checkpoint))
         normalizer.load_file(checkpoint / RMS_STATE_FILE)
         state = TrainerState.load(checkpoint)
+        if state.stage != args.stage:
+            raise SystemExit(f"{checkpoint}: a checkpoint of stage {state.stage!r}, this run is {args.stage!r}")
+        if state.sampler and (state.sampler["num_windows"], state.sampler["num_relevant"]) != (
+            sampler.num_windows, len(sampler.relevant_indices)
+        ):
+            raise SystemExit(
+                f"{checkpoint}: saved with {state.sampler['num_windows']} windows ({state.sampler['num_relevant']} "
+                f"relevant), this run has {sampler.num_windows} ({len(sampler.relevant_indices)}): the dataset or "
+                "window length changed, so the run cannot continue exactly"
+            )
         accelerator.print(f"Resumed from {checkpoint} at step {state.global_step} (epoch {state.epoch})")
 
     # ---- Logging ----
@@ -579,6 +595,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     def save_checkpoint() -> None:
         tmp, final = temporary_checkpoint_dir(output_dir, state.global_step)
+        # Draws consumed so far in this epoch, over all processes (the loader prefetches, so ask the loop).
+        state.sampler = sampler.state_dict(
+            position=state.batches_in_epoch * args.per_device_train_batch_size * accelerator.num_processes
+        )
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
             normalizer.save_file(tmp / RMS_STATE_FILE)
@@ -603,7 +623,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     running: dict[str, list[float]] = {}
     step_nonfinite = False
     micro = 0
-    windows_seen: list[int] = []
+    windows_seen: list[list[int]] = []
     last_metrics: dict[str, float] = {}
     started = time.time()
     while state.global_step < total_steps:
@@ -615,7 +635,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for batch in epoch_loader:
             state.batches_in_epoch += 1
             if args.debug_dump_rank_state:
-                windows_seen.extend(int(i) for i in batch["window_index"])
+                windows_seen.extend([int(i), int(s)] for i, s in zip(batch["window_index"], batch["source"]))
             if args.debug_nan_at_step is not None and state.global_step == args.debug_nan_at_step:
                 batch["latents"] = torch.full_like(batch["latents"], float("nan"))
             generator = step_generator(args.seed, state.global_step, micro, accelerator.process_index)

@@ -1,11 +1,31 @@
 """Loss functions of DreamerV4 phases 1 and 2 and the helpers users reuse.
 
 Everything here is plain torch: no model, no data format. Shapes are given in each docstring.
+All loss math runs in float32 whatever the dtype of the inputs (mixed precision stops at the
+model's outputs). See ``docs/objectives.md`` for the choices the paper leaves open.
+
+Sections:
+- symlog / symexp and the twohot distribution (reward and value heads),
+- multi-token prediction (MTP) targets and losses (phase 2, eq. 9),
+- shortcut forcing with x-prediction (phases 1 and 2, eq. 6-8),
+- ``RunningRMS`` / ``LossNormalizer``: per-term loss normalisation, synchronised across processes.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from os import PathLike
+
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ----------------------------------------------------------------------------------------------
+# symlog and twohot
+# ----------------------------------------------------------------------------------------------
 
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
@@ -27,3 +47,469 @@ def twohot_bins(num_bins: int, low: float, high: float) -> torch.Tensor:
     if num_bins < 2 or not high > low:
         raise ValueError(f"twohot_bins needs num_bins >= 2 and high > low, got {num_bins}, [{low}, {high}]")
     return torch.linspace(low, high, num_bins, dtype=torch.float32)
+
+
+def _check_bins(bins: torch.Tensor, where: str) -> None:
+    if bins.dim() != 1 or bins.numel() < 2:
+        raise ValueError(f"objectives.{where}: bins must be a 1-D tensor of >= 2 centres, got shape {tuple(bins.shape)}")
+
+
+def twohot_out_of_range(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Which values fall outside the bins once in symlog space.
+
+    x: ``(...)`` values in the original space; bins: ``(num_bins,)`` symlog-space centres.
+    Returns ``(...)`` bool, True where ``symlog(x)`` is below ``bins[0]`` or above ``bins[-1]``
+    (such targets are clamped to the edge bin by :func:`twohot_encode`).
+    """
+    y = symlog(x.float())
+    bins = bins.to(device=y.device, dtype=torch.float32)
+    return (y < bins[0]) | (y > bins[-1])
+
+
+def twohot_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Twohot weights of values over bins uniformly spaced in symlog space (DreamerV3).
+
+    x: ``(...)`` values in the original space; bins: ``(num_bins,)`` ascending symlog-space centres.
+    Returns ``(..., num_bins)`` float32: ``symlog(x)``, clamped to ``[bins[0], bins[-1]]``, split
+    linearly between its two neighbour bins, so each row sums to 1 with at most two nonzero
+    weights and ``sum(weights * bins) == clamp(symlog(x))``. A NaN input gives NaN weights.
+    """
+    _check_bins(bins, "twohot_encode")
+    bins = bins.to(device=x.device, dtype=torch.float32)
+    y = symlog(x.float()).clamp(bins[0], bins[-1])
+    # Index of the left neighbour; the right edge itself belongs to the last interval.
+    lo = (torch.searchsorted(bins, y.reshape(-1), right=True) - 1).clamp(0, bins.numel() - 2).reshape(y.shape)
+    left, right = bins[lo], bins[lo + 1]
+    w_right = (y - left) / (right - left)
+    weights = torch.zeros(*y.shape, bins.numel(), dtype=torch.float32, device=y.device)
+    weights.scatter_(-1, lo.unsqueeze(-1), (1.0 - w_right).unsqueeze(-1))
+    weights.scatter_add_(-1, (lo + 1).unsqueeze(-1), w_right.unsqueeze(-1))
+    return weights
+
+
+def twohot_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Expected value of a twohot head, back in the original space.
+
+    logits: ``(..., num_bins)``; bins: ``(num_bins,)`` symlog-space centres.
+    Returns ``(...)`` float32 ``symexp(sum(softmax(logits) * bins))``.
+    """
+    _check_bins(bins, "twohot_decode")
+    probs = torch.softmax(logits.float(), dim=-1)
+    return symexp((probs * bins.to(device=logits.device, dtype=torch.float32)).sum(-1))
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """``-sum(target_probs * log_softmax(logits))`` over the last dim, in float32.
+
+    logits, target_probs: ``(..., K)``. Returns ``(...)``.
+    Bins whose target weight is zero contribute exactly zero even when their logit is ``-inf``
+    (``F.cross_entropy`` with probability targets returns NaN there on torch 2.13, because
+    ``0 * -inf = nan``). A bin with positive target weight and a ``-inf`` logit gives ``+inf``:
+    the target is impossible under the model, and the loss says so.
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    target_probs = target_probs.float()
+    return -torch.where(target_probs > 0, target_probs * log_probs, torch.zeros_like(log_probs)).sum(-1)
+
+
+def twohot_loss(logits: torch.Tensor, targets: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twohot cross entropy of a symlog-twohot head against real-valued targets.
+
+    logits: ``(..., num_bins)``; targets: ``(...)`` in the original (not symlog) space;
+    bins: ``(num_bins,)`` symlog-space centres.
+    Returns ``(loss, num_clamped)``: the elementwise loss ``(...)`` float32 (the caller reduces) and
+    an int64 scalar counting targets outside the bin range (clamped to the edge bins), for logging.
+    """
+    _check_bins(bins, "twohot_loss")
+    if logits.shape[:-1] != targets.shape or logits.shape[-1] != bins.numel():
+        raise ValueError(
+            f"objectives.twohot_loss: logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} "
+            f"+ (num_bins={bins.numel()},)"
+        )
+    loss = soft_cross_entropy(logits, twohot_encode(targets, bins))
+    return loss, twohot_out_of_range(targets, bins).sum()
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-token prediction (phase 2, eq. 9)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MTPLoss:
+    """Result of an MTP loss. Everything but ``loss`` is detached, for logging.
+
+    loss: scalar, the mean over offsets with at least one valid target of that offset's mean loss.
+    per_offset_loss: ``(L+1,)`` mean loss of each offset (0 where it had no valid target).
+    per_offset_count: ``(L+1,)`` int64 number of valid targets of each offset.
+    per_offset_accuracy: policy only, component name -> ``(L+1,)`` accuracy (argmax for
+        categorical, ``logit > 0`` for binary); 0 where an offset had no valid target.
+    num_clamped: reward only, int64 scalar: valid targets outside the twohot range.
+    """
+
+    loss: torch.Tensor
+    per_offset_loss: torch.Tensor
+    per_offset_count: torch.Tensor
+    per_offset_accuracy: dict[str, torch.Tensor] | None = None
+    num_clamped: torch.Tensor | None = None
+
+
+def mtp_targets(values: torch.Tensor, valid: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift a per-frame sequence into multi-token prediction targets.
+
+    values: ``(B, T)``; valid: ``(B, T)`` bool, False where ``values[b, t]`` is missing;
+    horizon: L, so offsets are ``n = 0..L``.
+    Returns ``targets (B, T, L+1)`` with ``targets[b, t, n] = values[b, t + n]`` and
+    ``mask (B, T, L+1)`` bool, True only where ``t + n < T`` and ``valid[b, t + n]``. Targets past
+    the window hold zeros (never a repeated or clamped frame) and are masked.
+    """
+    if values.dim() != 2 or valid.shape != values.shape:
+        raise ValueError(
+            f"objectives.mtp_targets: values and valid must both be (B, T), got {tuple(values.shape)} and {tuple(valid.shape)}"
+        )
+    if horizon < 0:
+        raise ValueError(f"objectives.mtp_targets: horizon must be >= 0, got {horizon}")
+    padded_values = F.pad(values, (0, horizon), value=0)
+    padded_valid = F.pad(valid.bool(), (0, horizon), value=False)
+    # unfold(time, size=L+1, step=1): window t holds frames t..t+L.
+    return padded_values.unfold(1, horizon + 1, 1), padded_valid.unfold(1, horizon + 1, 1)
+
+
+def _mask_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero the (B, T, L+1, K) logits of masked targets, so that they get exactly zero gradient
+    (a masked loss with a zero upstream gradient still back-propagates NaN from NaN logits)."""
+    return torch.where(mask.unsqueeze(-1), logits.float(), torch.zeros((), device=logits.device))
+
+
+def _reduce_offsets(frame_loss: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T, L+1) losses and mask -> (scalar loss, (L+1,) per-offset means, (L+1,) counts)."""
+    # where, not multiply: a masked target may have an inf/NaN loss and must contribute nothing.
+    summed = torch.where(mask, frame_loss, torch.zeros_like(frame_loss)).sum(dim=(0, 1))
+    count = mask.sum(dim=(0, 1))
+    per_offset = summed / count.clamp_min(1)
+    active = count > 0
+    loss = torch.where(active, per_offset, torch.zeros_like(per_offset)).sum() / active.sum().clamp_min(1)
+    return loss, per_offset.detach(), count
+
+
+def mtp_reward_loss(
+    reward_logits: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor, bins: torch.Tensor
+) -> MTPLoss:
+    """MTP twohot reward loss: ``h_t`` predicts ``reward[t + n]`` for ``n = 0..L``.
+
+    reward_logits: ``(B, T, L+1, num_bins)``; rewards: ``(B, T)`` original-space rewards;
+    valid: ``(B, T)`` bool, False for frames whose reward must not be a target (routing);
+    bins: ``(num_bins,)`` symlog-space centres.
+    """
+    if reward_logits.dim() != 4 or reward_logits.shape[:2] != rewards.shape:
+        raise ValueError(
+            f"objectives.mtp_reward_loss: reward_logits must be (B, T, L+1, bins) matching rewards (B, T), "
+            f"got {tuple(reward_logits.shape)} and {tuple(rewards.shape)}"
+        )
+    targets, mask = mtp_targets(rewards.float(), valid, reward_logits.shape[2] - 1)
+    frame_loss, _ = twohot_loss(_mask_logits(reward_logits, mask), targets, bins)
+    loss, per_offset, count = _reduce_offsets(frame_loss, mask)
+    num_clamped = (twohot_out_of_range(targets, bins) & mask).sum()
+    return MTPLoss(loss, per_offset, count, num_clamped=num_clamped)
+
+
+def mtp_policy_loss(
+    policy_logits: Mapping[str, torch.Tensor],
+    actions: Mapping[str, torch.Tensor],
+    valid: torch.Tensor,
+    action_space: Mapping[str, Mapping],
+) -> MTPLoss:
+    """MTP behaviour-cloning loss of a factorised policy: ``h_t`` predicts ``actions[t + n]``.
+
+    policy_logits: name -> ``(B, T, L+1, n)`` (n = 1 for binary components);
+    actions: name -> ``(B, T)`` (int class for categorical, bool/0-1 for binary);
+    valid: ``(B, T)`` bool, True where ``actions[t]`` is labeled and the example takes part in BC;
+    action_space: ordered name -> ``{"type": "categorical", "n": int}`` or ``{"type": "binary"}``.
+    The loss of one target is the sum over components of their negative log-likelihoods
+    (categorical cross entropy, binary logistic loss), i.e. the joint NLL of the factorised policy.
+    """
+    missing = [name for name in action_space if name not in policy_logits or name not in actions]
+    if missing:
+        raise ValueError(f"objectives.mtp_policy_loss: no logits or actions for components {missing}")
+    frame_loss: torch.Tensor | None = None
+    correct: dict[str, torch.Tensor] = {}
+    mask: torch.Tensor | None = None
+    for name, spec in action_space.items():
+        logits = policy_logits[name].float()
+        if logits.dim() != 4 or logits.shape[:2] != valid.shape:
+            raise ValueError(
+                f"objectives.mtp_policy_loss: logits of '{name}' must be (B, T, L+1, n) with (B, T) = "
+                f"{tuple(valid.shape)}, got {tuple(logits.shape)}"
+            )
+        targets, mask = mtp_targets(actions[name], valid, logits.shape[2] - 1)
+        logits = _mask_logits(logits, mask)
+        if spec["type"] == "categorical":
+            if logits.shape[-1] != spec["n"]:
+                raise ValueError(f"objectives.mtp_policy_loss: '{name}' has n={spec['n']} but logits {tuple(logits.shape)}")
+            targets = torch.where(mask, targets.long(), torch.zeros_like(targets, dtype=torch.long))
+            if bool(((targets < 0) | (targets >= spec["n"])).any()):
+                raise ValueError(f"objectives.mtp_policy_loss: labeled '{name}' actions must lie in [0, {spec['n']})")
+            nll = F.cross_entropy(logits.reshape(-1, spec["n"]), targets.reshape(-1), reduction="none").view(targets.shape)
+            correct[name] = logits.argmax(-1) == targets
+        elif spec["type"] == "binary":
+            if logits.shape[-1] != 1:
+                raise ValueError(f"objectives.mtp_policy_loss: binary '{name}' needs logits (..., 1), got {tuple(logits.shape)}")
+            logits = logits.squeeze(-1)
+            targets = torch.where(mask, targets.float(), torch.zeros_like(targets, dtype=torch.float32))
+            nll = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+            correct[name] = (logits > 0) == (targets > 0.5)
+        else:
+            raise ValueError(f"objectives.mtp_policy_loss: unknown action type {spec['type']!r} for '{name}'")
+        frame_loss = nll if frame_loss is None else frame_loss + nll
+    if frame_loss is None or mask is None:
+        raise ValueError("objectives.mtp_policy_loss: the action space is empty")
+    loss, per_offset, count = _reduce_offsets(frame_loss, mask)
+    accuracy = {
+        name: (hit & mask).sum(dim=(0, 1)).float() / count.clamp_min(1) for name, hit in correct.items()
+    }
+    return MTPLoss(loss, per_offset, count, per_offset_accuracy=accuracy)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shortcut forcing with x-prediction (eq. 6-8)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShortcutLoss:
+    """loss = flow_loss + bootstrap_loss, each a ramp-weighted sum over its frames divided by the
+    number of counted frames (so the two parts add up to the total)."""
+
+    loss: torch.Tensor
+    flow_loss: torch.Tensor
+    bootstrap_loss: torch.Tensor
+
+
+def _expand_like(per_frame: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T, 1, 1, 1) (as many trailing ones as z has extra dims)."""
+    return per_frame.reshape(per_frame.shape + (1,) * (z.dim() - per_frame.dim()))
+
+
+def _is_flow_frame(d: torch.Tensor, d_min: float) -> torch.Tensor:
+    # d is a power-of-two fraction: the next size up is 2 * d_min, so 1.5 * d_min separates them
+    # without trusting float equality.
+    return d < 1.5 * d_min
+
+
+def sample_signal_and_step(
+    batch: int,
+    frames: int,
+    k_max: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame signal level and step size on the paper's grid (diffusion forcing).
+
+    ``d = 1 / K`` with ``K`` uniform over ``{1, 2, 4, ..., k_max}``; given ``d``, ``tau`` uniform on
+    ``{0, d, 2d, ..., 1 - d}`` (so ``tau < 1``). A ``generator`` must live on ``device``.
+    Returns ``tau (B, T)`` and ``d (B, T)``, float32, exactly representable.
+    """
+    if k_max < 1 or k_max & (k_max - 1):
+        raise ValueError(f"objectives.sample_signal_and_step: k_max must be a power of two >= 1, got {k_max}")
+    levels = int(math.log2(k_max)) + 1
+    exponent = torch.randint(0, levels, (batch, frames), generator=generator, device=device)
+    k = torch.pow(2.0, exponent.float())
+    u = torch.rand(batch, frames, generator=generator, device=device)
+    index = torch.minimum(torch.floor(u * k), k - 1)
+    return index / k, 1.0 / k
+
+
+def add_noise(z: torch.Tensor, tau: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``z_tilde = (1 - tau) * noise + tau * z`` (tau = 1 is clean).
+
+    z, noise: ``(B, T, C, H, W)``; tau: ``(B, T)``, broadcast over the latent dims.
+    """
+    tau = _expand_like(tau, z).to(z.dtype)
+    return (1 - tau) * noise + tau * z
+
+
+@torch.no_grad()
+def bootstrap_target(
+    predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    z_tilde: torch.Tensor,
+    tau: torch.Tensor,
+    d: torch.Tensor,
+    d_min: float,
+) -> torch.Tensor:
+    """Target velocity of the bootstrap term: two half steps of the model itself (eq. 7).
+
+    predict(z ``(B, T, C, H, W)``, tau ``(B, T)``, d ``(B, T)``) returns x-predictions
+    ``(B, T, C, H, W)``; z_tilde: ``(B, T, C, H, W)``; tau, d: ``(B, T)``.
+    Returns ``(b' + b'') / 2`` ``(B, T, C, H, W)`` float32 for frames with ``d > d_min`` and zeros
+    for flow frames (``d = d_min``), computed without gradient. Flow frames take part in both calls
+    unchanged, at ``(z_tilde, tau, d_min)``, so that later frames see the same context as the student.
+    """
+    boot = ~_is_flow_frame(d, d_min)
+    half = torch.where(boot, d / 2, torch.full_like(d, d_min))
+    z_tilde = z_tilde.float()
+    b1 = (predict(z_tilde, tau, half).float() - z_tilde) / _expand_like(1 - tau, z_tilde)
+    z_mid = torch.where(_expand_like(boot, z_tilde), z_tilde + b1 * _expand_like(d / 2, z_tilde), z_tilde)
+    tau_mid = torch.where(boot, tau + d / 2, tau)
+    b2 = (predict(z_mid, tau_mid, half).float() - z_mid) / _expand_like(1 - tau_mid, z_tilde)
+    return torch.where(_expand_like(boot, z_tilde), (b1 + b2) / 2, torch.zeros_like(b1))
+
+
+def shortcut_forcing_loss(
+    z_pred: torch.Tensor,
+    z_clean: torch.Tensor,
+    z_tilde: torch.Tensor,
+    tau: torch.Tensor,
+    d: torch.Tensor,
+    d_min: float,
+    bootstrap: torch.Tensor | None,
+    mask: torch.Tensor | None = None,
+) -> ShortcutLoss:
+    """Shortcut forcing loss with x-prediction, per frame (eq. 7 with the ramp weight, eq. 8).
+
+    z_pred: ``(B, T, C, H, W)`` model x-prediction at ``(z_tilde, tau, d)``; z_clean, z_tilde: same
+    shape; tau, d: ``(B, T)``; bootstrap: ``(B, T, C, H, W)`` from :func:`bootstrap_target` (it is
+    detached here; None is allowed only when every frame has ``d = d_min``);
+    mask: ``(B, T)`` bool, frames whose loss counts (None: all).
+    Per frame, with ``w = 0.9 tau + 0.1`` and means over ``(C, H, W)``:
+    ``d = d_min``: ``w * mean((z_pred - z_clean)^2)``;
+    ``d > d_min``: ``w * (1 - tau)^2 * mean(((z_pred - z_tilde) / (1 - tau) - sg(bootstrap))^2)``.
+    The loss is the sum over counted frames divided by their number (0 when none count).
+    """
+    if z_pred.shape != z_clean.shape or z_pred.shape != z_tilde.shape or z_pred.shape[:2] != tau.shape or d.shape != tau.shape:
+        raise ValueError(
+            f"objectives.shortcut_forcing_loss: shapes disagree: z_pred {tuple(z_pred.shape)}, z_clean "
+            f"{tuple(z_clean.shape)}, z_tilde {tuple(z_tilde.shape)}, tau {tuple(tau.shape)}, d {tuple(d.shape)}"
+        )
+    flow = _is_flow_frame(d, d_min)
+    if mask is None:
+        mask = torch.ones_like(flow)
+    latent_dims = tuple(range(2, z_pred.dim()))
+    z_pred, z_clean, z_tilde, tau = z_pred.float(), z_clean.float(), z_tilde.float(), tau.float()
+
+    flow_term = (z_pred - z_clean).square().mean(latent_dims)
+    if bootstrap is None:
+        if not bool(flow.all()):
+            raise ValueError("objectives.shortcut_forcing_loss: bootstrap is None but some frames have d > d_min")
+        boot_term = torch.zeros_like(flow_term)
+    else:
+        # Zero the target on flow frames first: a NaN there would leak into z_pred's gradient
+        # through the unselected branch of the where below (0 * nan = nan).
+        target = torch.where(_expand_like(~flow, z_pred), bootstrap.detach().float(), torch.zeros_like(z_pred))
+        one_minus_tau = _expand_like(1 - tau, z_pred)
+        velocity = (z_pred - z_tilde) / one_minus_tau
+        boot_term = (1 - tau).square() * (velocity - target).square().mean(latent_dims)
+
+    weight = 0.9 * tau + 0.1
+    count = mask.sum().clamp_min(1)
+    zero = torch.zeros_like(flow_term)
+    flow_loss = torch.where(mask & flow, weight * flow_term, zero).sum() / count
+    bootstrap_loss = torch.where(mask & ~flow, weight * boot_term, zero).sum() / count
+    return ShortcutLoss(flow_loss + bootstrap_loss, flow_loss, bootstrap_loss)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running RMS loss normalisation
+# ----------------------------------------------------------------------------------------------
+
+
+class RunningRMS(nn.Module):
+    """Divides a loss term by a running estimate of its root mean square.
+
+    The estimate is a bias-corrected EMA of the squared (detached) loss:
+    ``ema <- decay * ema + (1 - decay) * loss^2``, ``rms = sqrt(ema / (1 - decay^steps))``.
+    A step normalises by the estimate from *before* it (the very first step, with no history, by
+    its own value, giving 1), then updates. The divisor is a constant: gradients are scaled by
+    ``1 / rms``. Under ``torch.distributed`` the loss is averaged over processes before the update,
+    so every process holds the same state. A non-finite (averaged) loss leaves the state untouched
+    and is returned divided by the current estimate (unchanged when there is none), so it stays
+    non-finite for the training loop's guard. State lives in buffers (``ema_sq`` float32,
+    ``steps`` int64) that move with ``.to(device)`` and appear in ``state_dict``.
+    """
+
+    def __init__(self, decay: float = 0.99, eps: float = 1e-8) -> None:
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"RunningRMS: decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.eps = eps
+        self.register_buffer("ema_sq", torch.zeros((), dtype=torch.float32))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return f"decay={self.decay}, eps={self.eps}"
+
+    def rms(self) -> torch.Tensor:
+        """Current bias-corrected RMS estimate (scalar float32; NaN before the first update)."""
+        decay = torch.full((), self.decay, dtype=torch.float64, device=self.ema_sq.device)
+        return (self.ema_sq.double() / (1.0 - decay.pow(self.steps.double()))).sqrt().float()
+
+    def forward(self, loss: torch.Tensor, present: bool | torch.Tensor = True) -> torch.Tensor:
+        """Normalise a scalar ``loss`` and update the estimate.
+
+        present: False when this process has no such loss this step (e.g. no valid targets): it still
+        joins the cross-process reduction (a collective) but its value is left out of the average;
+        when no process has it, nothing is updated. Returns ``loss / rms_before`` (scalar).
+        """
+        if loss.numel() != 1:
+            raise ValueError(f"RunningRMS: expects a scalar loss, got shape {tuple(loss.shape)}")
+        loss = loss.reshape(())
+        device = self.ema_sq.device
+        # torch.full, not torch.tensor: copying a Python value to a CUDA device waits on the host.
+        if isinstance(present, torch.Tensor):
+            weight = present.to(device=device, dtype=torch.float32).reshape(())
+        else:
+            weight = torch.full((), float(present), device=device)
+        stats = torch.stack([loss.detach().float().to(device) * weight, weight])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats, op=torch.distributed.ReduceOp.SUM)
+        value = stats[0] / stats[1].clamp_min(1)
+        usable = torch.isfinite(value) & (stats[1] > 0)
+
+        # Written with torch.where rather than Python branches so a step never waits on the device.
+        # No history: divide by the value itself (1 after normalising), or by 1 if it is unusable.
+        first = torch.where(usable, value.abs(), torch.ones_like(value))
+        divisor = torch.where(self.steps > 0, self.rms(), first).clamp_min(self.eps)
+        normalised = loss / divisor.to(device=loss.device, dtype=loss.dtype)
+
+        updated = self.decay * self.ema_sq + (1.0 - self.decay) * torch.where(usable, value, 0.0).square()
+        self.ema_sq.copy_(torch.where(usable, updated, self.ema_sq))
+        self.steps.add_(usable.long())
+        return normalised
+
+    normalize = forward
+
+
+class LossNormalizer(nn.ModuleDict):
+    """One :class:`RunningRMS` per loss term, saved and restored as a single safetensors file.
+
+    terms: loss-term names (no dots), e.g. ``["dynamics", "reward", "policy"]``.
+    ``normalizer["reward"](loss)`` or ``normalizer.normalize("reward", loss)``.
+    """
+
+    def __init__(self, terms: Iterable[str], decay: float = 0.99, eps: float = 1e-8) -> None:
+        super().__init__({name: RunningRMS(decay, eps) for name in terms})
+
+    def normalize(self, name: str, loss: torch.Tensor, present: bool | torch.Tensor = True) -> torch.Tensor:
+        return self[name](loss, present)
+
+    def save_file(self, path: str | PathLike) -> None:
+        """Write every term's state (``<term>.ema_sq``, ``<term>.steps``) to a safetensors file."""
+        from safetensors.torch import save_file
+
+        state = {key: value.detach().cpu().contiguous() for key, value in self.state_dict().items()}
+        save_file(state, str(path), metadata={"format": "pt", "decay": str({n: m.decay for n, m in self.items()})})
+
+    def load_file(self, path: str | PathLike) -> None:
+        """Restore the state written by :meth:`save_file`; the file must hold exactly these terms."""
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as error:
+            raise ValueError(f"LossNormalizer.load_file: cannot read {path}: {error}") from error
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            raise ValueError(
+                f"LossNormalizer.load_file: {path} holds {sorted(state)}, expected {sorted(expected)}"
+            )
+        self.load_state_dict(state)

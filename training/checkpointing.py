@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -29,6 +29,7 @@ class TrainerState:
     skipped_steps: int = 0  # optimiser steps skipped because a loss was not finite
     seed: int = 0
     stage: str = ""
+    sampler: dict = field(default_factory=dict)  # MixtureSampler.state_dict() at the checkpoint
 
     def save(self, folder: Path) -> None:
         (folder / TRAINER_STATE_FILE).write_text(json.dumps(asdict(self), indent=2))

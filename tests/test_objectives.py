@@ -1,0 +1,78 @@
+"""symlog / symexp (DESIGN.md section 7), and the objectives on a CUDA device (marked gpu)."""
+
+import math
+
+import pytest
+import torch
+
+from modeling_dreamer.objectives import (
+    RunningRMS,
+    add_noise,
+    bootstrap_target,
+    mtp_policy_loss,
+    mtp_reward_loss,
+    sample_signal_and_step,
+    shortcut_forcing_loss,
+    symexp,
+    symlog,
+    twohot_bins,
+)
+
+
+def test_symlog_matches_definition_and_symexp_inverts_it():
+    x = torch.tensor([-1e6, -10.0, -1.0, -1e-3, 0.0, 1e-3, 0.5, 4.0, 1e6], dtype=torch.float64)
+    expected = torch.tensor([math.copysign(math.log(1 + abs(v)), v) for v in x.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(symlog(x), expected)
+    torch.testing.assert_close(symexp(symlog(x)), x)
+    assert symlog(torch.tensor(0.0)).item() == 0.0
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+def test_losses_on_cuda_match_cpu():
+    bins = twohot_bins(255, -3.0, 3.0)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 16, 9, 255, generator=g)
+    rewards = torch.randn(2, 16, generator=g) * 5
+    valid = torch.rand(2, 16, generator=g) > 0.2
+    cpu = mtp_reward_loss(logits, rewards, valid, bins)
+    gpu = mtp_reward_loss(logits.cuda().bfloat16(), rewards.cuda(), valid.cuda(), bins.cuda())
+    assert gpu.loss.dtype == torch.float32 and gpu.loss.device.type == "cuda"
+    assert gpu.loss.item() == pytest.approx(cpu.loss.item(), rel=2e-2)  # bf16 logits
+    assert int(gpu.num_clamped) == int(cpu.num_clamped)
+
+    space = {"move": {"type": "categorical", "n": 18}, "q": {"type": "binary"}}
+    policy = {"move": torch.randn(2, 16, 9, 18, generator=g), "q": torch.randn(2, 16, 9, 1, generator=g)}
+    actions = {"move": torch.randint(0, 18, (2, 16), generator=g), "q": torch.rand(2, 16, generator=g) > 0.5}
+    cpu = mtp_policy_loss(policy, actions, valid, space)
+    gpu = mtp_policy_loss({k: v.cuda() for k, v in policy.items()}, {k: v.cuda() for k, v in actions.items()}, valid.cuda(), space)
+    assert gpu.loss.item() == pytest.approx(cpu.loss.item(), rel=1e-5)
+
+    tau, d = sample_signal_and_step(2, 16, 64, generator=torch.Generator("cuda").manual_seed(0), device="cuda")
+    assert tau.device.type == "cuda" and bool((tau <= 1 - d).all())
+    z = torch.randn(2, 16, 4, 2, 2, device="cuda")
+    z_tilde = add_noise(z, tau, torch.randn_like(z))
+    target = bootstrap_target(lambda x, t, s: x * 0.5, z_tilde, tau, d, 1 / 64)
+    out = shortcut_forcing_loss(z.bfloat16(), z, z_tilde, tau, d, 1 / 64, target)
+    assert out.loss.dtype == torch.float32 and bool(torch.isfinite(out.loss))
+
+
+@pytest.mark.gpu
+@cuda
+def test_running_rms_on_cuda_waits_on_no_host_sync():
+    gpu, cpu = RunningRMS(decay=0.9).to("cuda"), RunningRMS(decay=0.9)
+    values = [1.0, 4.0, float("nan"), 2.0, 3.0]
+    inputs = [torch.tensor(v, device="cuda") for v in values]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        outputs = [gpu(x) for x in inputs]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = [cpu(torch.tensor(v)).item() for v in values]
+    assert [o.item() for o in outputs] == pytest.approx(expected, rel=1e-6, nan_ok=True)
+    assert gpu.ema_sq.device.type == "cuda" and int(gpu.steps) == int(cpu.steps) == 4
+    torch.testing.assert_close(gpu.ema_sq.cpu(), cpu.ema_sq)
