@@ -1,0 +1,172 @@
+"""What a prepared dataset contains: action space, reward spec and the schema that travels with it.
+
+The schema is the only thing `train.py` needs from the data layer to build a model config
+(latent shape, action space, twohot range), so it is written twice: to `OUT/dreamer_schema.json`
+and into every split's `DatasetInfo.description` (as JSON), so a copied split still knows it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_FILE = "dreamer_schema.json"
+REPORT_FILE = "prepare_report.json"
+SCHEMA_VERSION = 1
+
+BINARY_KEYS = (
+    "ability_q",
+    "ability_w",
+    "ability_e",
+    "ability_r",
+    "summoner_d",
+    "summoner_f",
+    "item_used",
+    "recall_b",
+)
+
+
+def default_action_space() -> dict[str, dict]:
+    """The user's action space (DESIGN.md section 4): 18-way movement, then 8 binary keys.
+
+    Returns a fresh ordered dict: component name -> `{"type": "categorical", "n": 18}` or
+    `{"type": "binary"}`. The order is the order of the model's policy heads.
+    """
+    space: dict[str, dict] = {"movement": {"type": "categorical", "n": 18}}
+    space.update({key: {"type": "binary"} for key in BINARY_KEYS})
+    return space
+
+
+def default_action_keys(action_space: dict[str, dict]) -> dict[str, str]:
+    """Which features.json key each action component is read from.
+
+    `movement` comes from `movement_slice`; every other component from the key of its own name.
+    """
+    return {name: ("movement_slice" if name == "movement" else name) for name in action_space}
+
+
+def validate_action_space(action_space: dict[str, dict]) -> None:
+    """Raise ValueError unless `action_space` is a non-empty dict in the DESIGN.md format."""
+    if not isinstance(action_space, dict) or not action_space:
+        raise ValueError(f"action space must be a non-empty dict, got {action_space!r}")
+    for name, spec in action_space.items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind == "binary":
+            continue
+        if kind == "categorical" and isinstance(spec.get("n"), int) and spec["n"] >= 2:
+            continue
+        raise ValueError(
+            f"action component {name!r}: expected {{'type': 'binary'}} or "
+            f"{{'type': 'categorical', 'n': int >= 2}}, got {spec!r}"
+        )
+    reserved = {"video_id", "frame_index", "latents", "reward", "death", "has_action"}
+    clash = reserved.intersection(action_space)
+    if clash:
+        raise ValueError(f"action component names {sorted(clash)} clash with dataset columns")
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """`reward[t] = gold_scale * gold_gained[t] + death_penalty * death[t]` (DESIGN.md section 4).
+
+    `death_min_frames`: without `is_dead`, a missing health bar counts as a death only if it stays
+    missing for at least this many consecutive frames (shorter gaps are flicker).
+    """
+
+    gold_scale: float = 0.01
+    death_penalty: float = -10.0
+    death_min_frames: int = 3
+
+    def __post_init__(self) -> None:
+        if self.death_min_frames < 1:
+            raise ValueError(f"death_min_frames must be >= 1, got {self.death_min_frames}")
+
+    def reward(self, gold_gained: np.ndarray, death: np.ndarray) -> np.ndarray:
+        """Per-frame reward, float64 `(N,)`, from gold `(N,)` and death flags or counts `(N,)`."""
+        return self.gold_scale * np.asarray(gold_gained, np.float64) + self.death_penalty * np.asarray(
+            death, np.float64
+        )
+
+
+def symlog(x: np.ndarray | float) -> np.ndarray:
+    """sign(x) * log(1 + |x|), the space the model's twohot bins live in."""
+    x = np.asarray(x, np.float64)
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def recommended_twohot_range(reward_min: float, reward_max: float) -> tuple[float, float]:
+    """A twohot range `(low, high)` in symlog space that covers the observed rewards.
+
+    The range always contains 0 (most frames have no reward) and is padded by 10% of its span on
+    each side (at least 0.5), then rounded outwards to 0.1, so every observed reward lands strictly
+    inside and the 255 bins are spent on values that occur (code review item 4). Rewards of
+    [-10, 4] give (-2.9, 2.2) instead of DreamerV3's generic (-20, 20).
+    """
+    low, high = float(min(symlog(reward_min), 0.0)), float(max(symlog(reward_max), 0.0))
+    pad = max(0.1 * (high - low), 0.5)
+    return float(np.floor((low - pad) * 10) / 10), float(np.ceil((high + pad) * 10) / 10)
+
+
+@dataclass
+class DatasetSchema:
+    """Everything a consumer needs to interpret a prepared dataset.
+
+    `latent_shape` is `(C, H, W)`; `action_space` the ordered DESIGN.md dict; `action_keys` the
+    features.json key of each component; `recommended_twohot_range` is `(low, high)` in symlog
+    space (the model's `bins_low`/`bins_high`); `reward_min`/`reward_max` are raw rewards.
+    """
+
+    latent_shape: tuple[int, int, int]
+    action_space: dict[str, dict] = field(default_factory=default_action_space)
+    reward_spec: RewardSpec = field(default_factory=RewardSpec)
+    recommended_twohot_range: tuple[float, float] = (-1.0, 1.0)
+    reward_min: float = 0.0
+    reward_max: float = 0.0
+    action_keys: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        self.latent_shape = tuple(int(d) for d in self.latent_shape)
+        self.recommended_twohot_range = tuple(float(v) for v in self.recommended_twohot_range)
+        if isinstance(self.reward_spec, dict):
+            self.reward_spec = RewardSpec(**self.reward_spec)
+        if self.action_keys is None:
+            self.action_keys = default_action_keys(self.action_space)
+        validate_action_space(self.action_space)
+
+    @property
+    def latent_size(self) -> int:
+        """C * H * W, the length of the flat `latents` column."""
+        c, h, w = self.latent_shape
+        return c * h * w
+
+    def to_json(self) -> str:
+        return json.dumps({"schema_version": SCHEMA_VERSION, **asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DatasetSchema":
+        fields = json.loads(text)
+        fields.pop("schema_version", None)
+        return cls(**fields)
+
+
+def load_prepared(path: str | Path) -> tuple["datasets.DatasetDict", DatasetSchema]:  # noqa: F821
+    """Load a folder written by `python -m data.prepare`: `(DatasetDict, DatasetSchema)`.
+
+    The splits are memory-mapped (nothing is read into RAM). The schema comes from
+    `dreamer_schema.json`, or from the train split's metadata if that file was not copied.
+    """
+    import datasets
+
+    path = Path(path)
+    if not (path / "dataset_dict.json").exists():
+        raise FileNotFoundError(f"{path}: not a prepared dataset (no dataset_dict.json); run python -m data.prepare")
+    dataset_dict = datasets.load_from_disk(str(path))
+    schema_path = path / SCHEMA_FILE
+    if schema_path.exists():
+        schema = DatasetSchema.from_json(schema_path.read_text())
+    else:
+        schema = DatasetSchema.from_json(next(iter(dataset_dict.values())).info.description)
+    return dataset_dict, schema

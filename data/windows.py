@@ -1,0 +1,153 @@
+"""Windows of T consecutive frames over a prepared split, read zero-copy from its Arrow files.
+
+A window never crosses a video boundary or a gap in frame numbers (DESIGN.md section 3), so the
+frame numbers inside a window are `f, f+1, ..., f+T-1` and every reward and action in it belongs
+to the frame number beside it (code review item 7: array positions never leave this module).
+
+Memory: the latents stay in the memory-mapped Arrow files (only the page cache grows); the small
+per-frame columns (frame number, video, reward, death, actions: about 25 bytes per frame) are held
+in RAM so a read is a handful of numpy slices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data.schema import DatasetSchema
+
+UNIFORM, RELEVANT = 0, 1
+
+
+class WindowDataset:
+    """T-frame windows inside runs of consecutive frame numbers of one video.
+
+    Args:
+        split: one split of a prepared `DatasetDict` (memory-mapped, no indices mapping).
+        window_length: T, frames per window.
+        stride: frames between the starts of two windows of one run. Default `window_length`:
+            non-overlapping tiles, so one pass over the windows is one pass over the data (the
+            last `< T` frames of each run are not covered).
+        schema: the dataset's schema; read from the split's metadata when None.
+
+    `ds[i]` and `ds[(i, source)]` return a dict of numpy arrays:
+    `latents (T, C, H, W) float16`, `reward (T,) float32`, `death (T,) bool`, one `(T,)` array per
+    action component (int64 categorical, bool binary), `has_action (T,) bool`,
+    `frame_index (T,) int32`, `video_id str`, `source int` (0 uniform, 1 relevant),
+    `window_index int`.
+    """
+
+    def __init__(
+        self,
+        split: "datasets.Dataset",  # noqa: F821
+        window_length: int,
+        stride: int | None = None,
+        schema: DatasetSchema | None = None,
+    ) -> None:
+        if window_length < 1:
+            raise ValueError(f"window_length must be >= 1, got {window_length}")
+        if split._indices is not None:
+            raise ValueError("split has an indices mapping (select/shuffle/filter); call flatten_indices() first")
+        self.split = split
+        self.window_length = window_length
+        self.stride = stride or window_length
+        self.schema = schema or DatasetSchema.from_json(split.info.description)
+        self._index_rows()
+        self._map_latents()
+
+    def _index_rows(self) -> None:
+        table = self.split.data
+        self.frame_index = table.column("frame_index").to_numpy().astype(np.int32)
+        videos = table.column("video_id").combine_chunks().dictionary_encode()
+        self.video_names = videos.dictionary.to_pylist()
+        self.video_code = videos.indices.to_numpy()
+        self.reward = table.column("reward").to_numpy().astype(np.float32)
+        self.death = table.column("death").to_numpy(zero_copy_only=False)
+        self.actions = {name: table.column(name).to_numpy(zero_copy_only=False) for name in self.schema.action_space}
+        self.has_action = table.column("has_action").to_numpy(zero_copy_only=False)
+
+        rows = len(self.frame_index)
+        run_breaks = np.ones(rows, bool)
+        run_breaks[1:] = (self.video_code[1:] != self.video_code[:-1]) | (np.diff(self.frame_index) != 1)
+        run_starts = np.flatnonzero(run_breaks)
+        run_ends = np.append(run_starts[1:], rows)
+        T = self.window_length
+        starts = [np.arange(a, b - T + 1, self.stride) for a, b in zip(run_starts, run_ends) if b - a >= T]
+        self.window_starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+
+        events = np.concatenate([[0], np.cumsum(self.reward != 0)])
+        self._has_reward = events[self.window_starts + T] > events[self.window_starts]
+
+    def _map_latents(self) -> None:
+        """Per Arrow chunk, a zero-copy `(rows, C, H, W)` float16 view into the memory map."""
+        column = self.split.data.table.column("latents")
+        shape = self.schema.latent_shape
+        self._chunks = [chunk.flatten().to_numpy(zero_copy_only=True).reshape(-1, *shape) for chunk in column.chunks]
+        self._chunk_starts = np.cumsum([0] + [len(chunk) for chunk in self._chunks])
+
+    def __getstate__(self) -> dict:
+        # The chunk views point into a memory map: rebuild them instead of pickling their bytes.
+        state = self.__dict__.copy()
+        del state["_chunks"], state["_chunk_starts"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._map_latents()
+
+    def __len__(self) -> int:
+        return len(self.window_starts)
+
+    def relevant_windows(self) -> np.ndarray:
+        """Indices of the windows that contain a nonzero reward, `(K,)` int64 ascending."""
+        return np.flatnonzero(self._has_reward)
+
+    def _latents(self, start: int, length: int) -> np.ndarray:
+        chunk = int(np.searchsorted(self._chunk_starts, start, side="right")) - 1
+        offset = start - self._chunk_starts[chunk]
+        if offset + length <= len(self._chunks[chunk]):
+            return self._chunks[chunk][offset : offset + length].copy()
+        pieces = []
+        while length > 0:
+            piece = self._chunks[chunk][offset : offset + length]
+            pieces.append(piece)
+            length -= len(piece)
+            chunk, offset = chunk + 1, 0
+        return np.concatenate(pieces)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, source = key if isinstance(key, tuple) else (key, UNIFORM)
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} out of range for {len(self)} windows")
+        start, T = int(self.window_starts[index]), self.window_length
+        rows = slice(start, start + T)
+        return {
+            "latents": self._latents(start, T),
+            "reward": self.reward[rows].copy(),
+            "death": self.death[rows].copy(),
+            **{name: values[rows].copy() for name, values in self.actions.items()},
+            "has_action": self.has_action[rows].copy(),
+            "frame_index": self.frame_index[rows].copy(),
+            "video_id": self.video_names[self.video_code[start]],
+            "source": int(source),
+            "window_index": index,
+        }
+
+
+def collate_windows(items: list[dict]) -> dict:
+    """DataLoader `collate_fn`: stack windows into torch tensors with their dtypes kept.
+
+    Arrays become `(B, T, ...)` tensors (latents stay float16 until the model casts them);
+    `source` and `window_index` become `(B,)` int64; `video_id` stays a list of str.
+    """
+    import torch
+
+    batch: dict = {}
+    for key, value in items[0].items():
+        if key == "video_id":
+            batch[key] = [item[key] for item in items]
+        elif isinstance(value, np.ndarray):
+            batch[key] = torch.from_numpy(np.stack([item[key] for item in items]))
+        else:
+            batch[key] = torch.tensor([item[key] for item in items], dtype=torch.int64)
+    return batch
