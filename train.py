@@ -192,6 +192,14 @@ def compute_losses(
     noise = torch.randn(z_clean.shape, generator=generator)
     independent = torch.rand(batch_size, generator=generator) < data_args.independent_frames_ratio
     tau, step_size, noise, independent = tau.to(device), step_size.to(device), noise.to(device), independent.to(device)
+    if stage == "agent":
+        # Examples that do not train the dynamics need no shortcut-grid noise: the agent observes them as it
+        # observes frames at inference, slightly corrupted (context_signal_level) at the finest step.
+        dynamics_examples = routed(batch["source"], args.dynamics_loss_sources, frames)
+        if not train_dynamics:
+            dynamics_examples = torch.zeros_like(dynamics_examples)
+        tau = torch.where(dynamics_examples, tau, torch.full_like(tau, args.context_signal_level))
+        step_size = torch.where(dynamics_examples, step_size, torch.full_like(step_size, d_min))
     z_tilde = add_noise(z_clean, tau, noise)
     actions = {name: batch[name] for name in config.action_space}
     action_mask = batch["has_action"]
@@ -285,13 +293,13 @@ def evaluate(
     stage: str,
     config: Any,
     bins: torch.Tensor | None,
-    eval_signal_level: float,
+    context_signal_level: float,
     seed: int,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Held-out metrics and the gathered predictions behind them.
 
     Dynamics: one-step x-prediction loss at d_min with per-frame signal levels from a fixed generator.
-    Agent heads: observed frames at `eval_signal_level` (slightly noisy, as the agent sees context at
+    Agent heads: observed frames at `context_signal_level` (slightly noisy, as the agent sees context at
     inference), reward decoded per MTP offset (MAE, AUC of nonzero-reward events), BC top-1 per component and
     offset, the share of twohot targets clamped.
     """
@@ -326,7 +334,7 @@ def evaluate(
         per_example = torch.full((batch_size,), float(dyn.loss), device=device)
         record: dict[str, torch.Tensor] = {"dynamics_loss": per_example}
         if stage == "agent":
-            level = torch.full((batch_size, frames), eval_signal_level, device=device)
+            level = torch.full((batch_size, frames), context_signal_level, device=device)
             noise = torch.randn(z_clean.shape, generator=generator).to(device)
             observed = add_noise(z_clean, level, noise)
             out = model(observed, level, step, **inputs)
@@ -611,7 +619,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if eval_loader is None:
             return {}
         metrics, arrays = evaluate(model, eval_loader, accelerator, stage=args.stage, config=config, bins=bins,
-                                   eval_signal_level=args.eval_signal_level, seed=args.seed)
+                                   context_signal_level=args.context_signal_level, seed=args.seed)
         if save_predictions and accelerator.is_main_process:
             np.savez_compressed(output_dir / "eval_predictions.npz", **{k.replace("/", "__"): v for k, v in arrays.items()})
         return metrics

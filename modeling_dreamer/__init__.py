@@ -1,0 +1,17 @@
+"""DreamerV4 world models as Hugging Face ``PreTrainedModel``s (see docs/model.md)."""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_dreamer import DreamerConfig
+from .modeling_dreamer import DreamerAgentModel, DreamerAgentOutput, DreamerModel, DreamerModelOutput
+
+AutoConfig.register(DreamerConfig.model_type, DreamerConfig)
+AutoModel.register(DreamerConfig, DreamerModel)
+# save_pretrained then copies the modeling files next to the weights and writes config.auto_map, so
+# `AutoModel.from_pretrained(folder, trust_remote_code=True)` works without this package installed.
+# A saved agent model maps AutoModel to DreamerAgentModel, a saved dynamics model to DreamerModel.
+DreamerConfig.register_for_auto_class()
+DreamerModel.register_for_auto_class("AutoModel")
+DreamerAgentModel.register_for_auto_class("AutoModel")
+
+__all__ = ["DreamerConfig", "DreamerModel", "DreamerAgentModel", "DreamerModelOutput", "DreamerAgentOutput"]

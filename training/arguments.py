@@ -103,8 +103,11 @@ class DreamerTrainingArguments:
     bc_loss_sources: list[str] = field(
         default_factory=lambda: ["relevant"], metadata={"help": "Sources that get the behaviour-cloning loss."}
     )
-    eval_signal_level: float = field(
-        default=0.9, metadata={"help": "Signal level of the observed frames when evaluating the agent heads."}
+    context_signal_level: float = field(
+        default=0.9,
+        metadata={"help": "Signal level at which the agent observes frames at inference (the paper's slightly "
+                  "corrupted context): used for evaluation, and in stage `agent` for the examples that are not "
+                  "routed to the dynamics loss."},
     )
     mixed_precision: str = field(default="auto", metadata={"help": "auto | no | bf16 | fp16 (auto: by device)."})
     logging_steps: int = 10

@@ -1,0 +1,206 @@
+"""Configuration of the DreamerV4 dynamics transformer and its agent (phase 2) extension."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from typing import Any
+
+from transformers import PretrainedConfig
+
+# The user's League of Legends action space (DESIGN.md section 4): one 18-way movement direction
+# and 8 independent keys. The model only needs the component names, kinds and sizes.
+DEFAULT_ACTION_SPACE: dict[str, dict[str, Any]] = {
+    "movement": {"type": "categorical", "n": 18},
+    **{
+        key: {"type": "binary"}
+        for key in (
+            "ability_q",
+            "ability_w",
+            "ability_e",
+            "ability_r",
+            "summoner_d",
+            "summoner_f",
+            "item_used",
+            "recall_b",
+        )
+    },
+}
+
+# Widths and depths fixed by the issue; head dim 64; GQA with half as many KV heads as query heads.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2},
+    "small": {"hidden_size": 512, "num_hidden_layers": 12, "num_attention_heads": 8, "num_key_value_heads": 4},
+    "medium": {"hidden_size": 768, "num_hidden_layers": 18, "num_attention_heads": 12, "num_key_value_heads": 6},
+    "large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 8},
+}
+
+
+def _swiglu_width(hidden_size: int) -> int:
+    """8/3 * hidden_size rounded up to a multiple of 64: the parameter count of a 4x GELU MLP."""
+    return 64 * math.ceil(8 * hidden_size / 3 / 64)
+
+
+def validate_action_space(action_space: dict[str, dict[str, Any]]) -> None:
+    """Raise ``ValueError`` unless ``action_space`` is ``{name: {"type": "categorical", "n": int >= 2} |
+    {"type": "binary"}}`` with names usable as module keys."""
+    if not isinstance(action_space, dict):
+        raise ValueError(f"DreamerConfig.action_space must be a dict, got {type(action_space).__name__}")
+    for name, spec in action_space.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"DreamerConfig.action_space: invalid component name {name!r} (non-empty, no '.')")
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind == "categorical":
+            if not isinstance(spec.get("n"), int) or spec["n"] < 2:
+                raise ValueError(f"DreamerConfig.action_space[{name!r}]: categorical needs an integer n >= 2, got {spec}")
+        elif kind != "binary":
+            raise ValueError(
+                f"DreamerConfig.action_space[{name!r}]: type must be 'categorical' or 'binary', got {spec!r}"
+            )
+
+
+class DreamerConfig(PretrainedConfig):
+    r"""Hyperparameters of :class:`DreamerModel` and :class:`DreamerAgentModel`.
+
+    Args:
+        latent_channels, latent_height, latent_width: shape ``(C, H, W)`` of one frame's tokenizer latent.
+        patch_size: side of the square latent patch that becomes one token (``H`` and ``W`` divisible by it).
+        hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads: transformer width, depth,
+            query heads and key/value heads (GQA; equal to the query heads for plain multi-head attention).
+        intermediate_size: SwiGLU width (default ``8/3 * hidden_size`` rounded up to a multiple of 64).
+        time_every: every ``time_every``-th layer (layer indices ``i`` with ``(i + 1) % time_every == 0``)
+            is a causal time-attention layer; all others are space layers.
+        num_register_tokens: learned register tokens per frame.
+        k_max: finest shortcut step count; ``d_min = 1 / k_max`` (a power of two).
+        attn_logit_softcap: ``cap * tanh(logits / cap)`` on attention logits; ``None`` disables it.
+        qk_norm: RMS-normalise queries and keys per head before RoPE.
+        rope_theta: RoPE base (1D over the token slot in space layers, over the frame in time layers).
+        rms_norm_eps: epsilon of every RMSNorm.
+        action_space: ordered ``{name: {"type": "categorical", "n": n} | {"type": "binary"}}``.
+        num_tasks, agent_tokens_per_frame: task-embedding rows and agent tokens per frame (agent model).
+        mtp_length: L, the multi-token-prediction horizon (heads predict offsets ``0..L``).
+        num_bins, bins_low, bins_high: twohot bins, uniform in symlog space over ``[bins_low, bins_high]``.
+        head_hidden_size, head_layers: width (default ``hidden_size``) and hidden layers of the head MLPs.
+        initializer_range: std of the normal initialisation of linear, embedding and token parameters.
+    """
+
+    model_type = "dreamer"
+
+    def __init__(
+        self,
+        latent_channels: int = 32,
+        latent_height: int = 16,
+        latent_width: int = 16,
+        patch_size: int = 1,
+        hidden_size: int = 256,
+        num_hidden_layers: int = 6,
+        num_attention_heads: int = 4,
+        num_key_value_heads: int = 2,
+        intermediate_size: int | None = None,
+        time_every: int = 4,
+        num_register_tokens: int = 8,
+        k_max: int = 64,
+        attn_logit_softcap: float | None = 50.0,
+        qk_norm: bool = True,
+        rope_theta: float = 10000.0,
+        rms_norm_eps: float = 1e-6,
+        action_space: dict[str, dict[str, Any]] | None = None,
+        num_tasks: int = 1,
+        agent_tokens_per_frame: int = 1,
+        mtp_length: int = 8,
+        num_bins: int = 255,
+        bins_low: float = -5.0,
+        bins_high: float = 5.0,
+        head_hidden_size: int | None = None,
+        head_layers: int = 2,
+        initializer_range: float = 0.02,
+        **kwargs: Any,
+    ) -> None:
+        self.latent_channels = latent_channels
+        self.latent_height = latent_height
+        self.latent_width = latent_width
+        self.patch_size = patch_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.intermediate_size = intermediate_size if intermediate_size is not None else _swiglu_width(hidden_size)
+        self.time_every = time_every
+        self.num_register_tokens = num_register_tokens
+        self.k_max = k_max
+        self.attn_logit_softcap = attn_logit_softcap if attn_logit_softcap else None
+        self.qk_norm = qk_norm
+        self.rope_theta = rope_theta
+        self.rms_norm_eps = rms_norm_eps
+        self.action_space = copy.deepcopy(action_space if action_space is not None else DEFAULT_ACTION_SPACE)
+        self.num_tasks = num_tasks
+        self.agent_tokens_per_frame = agent_tokens_per_frame
+        self.mtp_length = mtp_length
+        self.num_bins = num_bins
+        self.bins_low = bins_low
+        self.bins_high = bins_high
+        self.head_hidden_size = head_hidden_size if head_hidden_size is not None else hidden_size
+        self.head_layers = head_layers
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        self.check_fields()
+
+    def check_fields(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent field."""
+        problems = []
+        if self.latent_height % self.patch_size or self.latent_width % self.patch_size:
+            problems.append(f"latent {self.latent_height}x{self.latent_width} not divisible by patch_size {self.patch_size}")
+        if self.hidden_size % self.num_attention_heads:
+            problems.append(f"hidden_size {self.hidden_size} not divisible by num_attention_heads {self.num_attention_heads}")
+        elif self.head_dim % 2:
+            problems.append(f"head dim {self.head_dim} must be even for RoPE")
+        if self.num_attention_heads % self.num_key_value_heads:
+            problems.append(
+                f"num_attention_heads {self.num_attention_heads} not divisible by num_key_value_heads {self.num_key_value_heads}"
+            )
+        if self.hidden_size % 2:
+            problems.append(f"hidden_size {self.hidden_size} must be even (the noise token concatenates two halves)")
+        if self.k_max < 1 or self.k_max & (self.k_max - 1):
+            problems.append(f"k_max {self.k_max} must be a power of two")
+        if self.time_every < 1:
+            problems.append(f"time_every {self.time_every} must be >= 1")
+        if self.num_tasks < 1 or self.agent_tokens_per_frame < 1 or self.mtp_length < 0 or self.head_layers < 0:
+            problems.append("num_tasks and agent_tokens_per_frame must be >= 1, mtp_length and head_layers >= 0")
+        if self.num_bins < 2 or not self.bins_high > self.bins_low:
+            problems.append(f"twohot bins need num_bins >= 2 and bins_high > bins_low, got {self.num_bins}, "
+                            f"[{self.bins_low}, {self.bins_high}]")
+        if problems:
+            raise ValueError("DreamerConfig: " + "; ".join(problems))
+        validate_action_space(self.action_space)
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """As ``PretrainedConfig.to_json_string`` but keeps the action space in its order.
+
+        The base class sorts every key, which would silently reorder the action components
+        (an ordered dict); here only the top-level keys are sorted.
+        """
+        config_dict = self.to_diff_dict() if use_diff else self.to_dict()
+        config_dict = self._encode_special_floats(config_dict)
+        return json.dumps(dict(sorted(config_dict.items())), indent=2) + "\n"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_latent_tokens(self) -> int:
+        """Latent tokens per frame: ``(H / p) * (W / p)``."""
+        return (self.latent_height // self.patch_size) * (self.latent_width // self.patch_size)
+
+    @property
+    def time_layer_indices(self) -> list[int]:
+        """Indices of the time-attention layers: the last layer of each group of ``time_every``."""
+        return [i for i in range(self.num_hidden_layers) if (i + 1) % self.time_every == 0]
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "DreamerConfig":
+        """``DreamerConfig.from_preset("tiny" | "small" | "medium" | "large", **overrides)``."""
+        if name not in PRESETS:
+            raise ValueError(f"DreamerConfig.from_preset: unknown preset {name!r}, choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})

@@ -1,0 +1,371 @@
+"""DreamerV4 dynamics transformer (:class:`DreamerModel`) and agent model (:class:`DreamerAgentModel`).
+
+Token layout of one frame (``S`` slots), in this order:
+
+    [ latent tokens (H/p * W/p) | registers (R) | noise token (1) | action token (1) | agent tokens (A) ]
+
+The agent tokens exist only in :class:`DreamerAgentModel` and are always last, so the space
+attention's firewall is "the last ``A`` slots". Conventions (tau, d, actions) follow
+docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_dreamer import DreamerConfig
+from .heads import DreamerPolicyHead, DreamerRewardHead, DreamerValueHead, DreamerZeroLinear
+from .layers import DreamerBlock, DreamerRMSNorm, rotary_tables
+from .objectives import twohot_bins
+
+
+@dataclass
+class DreamerModelOutput(ModelOutput):
+    """``latent_pred (B, T, C, H, W)``: the x-prediction of the clean latents.
+    ``agent_states (B, T, A, D)``: final hidden states of agent tokens, when they were given."""
+
+    latent_pred: torch.Tensor | None = None
+    agent_states: torch.Tensor | None = None
+
+
+@dataclass
+class DreamerAgentOutput(ModelOutput):
+    """Outputs of :class:`DreamerAgentModel` (DESIGN.md section 6)."""
+
+    latent_pred: torch.Tensor | None = None  # (B, T, C, H, W)
+    agent_hidden: torch.Tensor | None = None  # (B, T, D)
+    reward_logits: torch.Tensor | None = None  # (B, T, L + 1, num_bins)
+    policy_logits: dict[str, torch.Tensor] | None = None  # name -> (B, T, L + 1, n)
+    value_logits: torch.Tensor | None = None  # (B, T, num_bins)
+
+
+class DreamerActionEmbedding(nn.Module):
+    """One action token per frame: frame ``t`` embeds ``actions[t - 1]``.
+
+    A labeled action is ``base + sum_c embedding_c(actions_c)``; frame 0, frames whose previous
+    action is unlabeled and every frame of an independent-frame example get the learned
+    ``no_action`` vector (an independent frame is a start frame).
+    """
+
+    def __init__(self, config: DreamerConfig) -> None:
+        super().__init__()
+        self.action_space = config.action_space
+        self.components = nn.ModuleDict(
+            {
+                name: nn.Embedding(spec["n"] if spec["type"] == "categorical" else 2, config.hidden_size)
+                for name, spec in config.action_space.items()
+            }
+        )
+        self.base = nn.Parameter(torch.zeros(config.hidden_size))
+        self.no_action = nn.Parameter(torch.zeros(config.hidden_size))
+
+    def forward(
+        self,
+        actions: dict[str, torch.Tensor] | None,
+        action_mask: torch.Tensor | None,
+        independent_frames: torch.Tensor | None,
+        batch: int,
+        frames: int,
+    ) -> torch.Tensor:
+        """``actions {name: (B, T)}``, ``action_mask (B, T) bool`` -> action tokens ``(B, T, D)``."""
+        no_action = self.no_action.expand(batch, frames, -1)
+        if actions is None:
+            return no_action
+        if set(actions) != set(self.components):
+            raise KeyError(
+                f"DreamerModel: actions has components {sorted(actions)}, the config's action_space has "
+                f"{sorted(self.components)}"
+            )
+        labeled = (
+            torch.ones(batch, frames, dtype=torch.bool, device=no_action.device)
+            if action_mask is None
+            else action_mask.to(device=no_action.device, dtype=torch.bool)
+        )
+        embedded = self.base.expand(batch, frames, -1)
+        for name, table in self.components.items():
+            value = actions[name].to(no_action.device)
+            if self.action_space[name]["type"] == "binary":
+                index = (value.float() >= 0.5).long()
+            else:
+                index = torch.where(labeled, value.long(), 0)  # unlabeled entries may hold anything
+            embedded = embedded + table(index)
+        # Shift by one frame: frame t sees the action taken at t - 1.
+        previous = torch.cat([no_action[:, :1], embedded[:, :-1]], dim=1)
+        previous_labeled = torch.cat([torch.zeros_like(labeled[:, :1]), labeled[:, :-1]], dim=1)
+        if independent_frames is not None:
+            previous_labeled = previous_labeled & ~independent_frames.to(previous_labeled.device)[:, None]
+        return torch.where(previous_labeled[..., None], previous, no_action)
+
+
+class DreamerFrameEmbeddings(nn.Module):
+    """Inputs of one frame -> its non-agent tokens ``(B, T, N_z + R + 2, D)``."""
+
+    def __init__(self, config: DreamerConfig) -> None:
+        super().__init__()
+        self.config = config
+        p = config.patch_size
+        self.latent_proj = nn.Linear(config.latent_channels * p * p, config.hidden_size)
+        self.registers = nn.Parameter(torch.zeros(config.num_register_tokens, config.hidden_size))
+        self.signal_embed = nn.Embedding(config.k_max + 1, config.hidden_size // 2)
+        self.step_embed = nn.Embedding(int(math.log2(config.k_max)) + 1, config.hidden_size // 2)
+        self.actions = DreamerActionEmbedding(config)
+
+    def patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        """``(B, T, C, H, W)`` -> ``(B, T, H/p * W/p, C * p * p)``, patches in row-major order."""
+        b, t, c, height, width = latents.shape
+        p = self.config.patch_size
+        x = latents.reshape(b, t, c, height // p, p, width // p, p).permute(0, 1, 3, 5, 2, 4, 6)
+        return x.reshape(b, t, (height // p) * (width // p), c * p * p)
+
+    def noise_indices(self, signal_level: torch.Tensor, step_size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """tau -> ``round(tau * K_max)`` in ``0..K_max``; d -> ``log2(1 / d)`` in ``0..log2(K_max)``."""
+        k_max = self.config.k_max
+        tau_index = torch.round(signal_level.float() * k_max).long()
+        if step_size is None:
+            step_index = torch.full_like(tau_index, int(math.log2(k_max)))
+        else:
+            step_index = torch.round(-torch.log2(step_size.float())).long()
+        if not torch.compiler.is_compiling():
+            if tau_index.min() < 0 or tau_index.max() > k_max:
+                raise ValueError(f"DreamerModel: signal_level must lie in [0, 1], got [{signal_level.min()}, {signal_level.max()}]")
+            if step_index.min() < 0 or step_index.max() > math.log2(k_max):
+                raise ValueError(f"DreamerModel: step_size must be 1/K for K in 1..{k_max} (powers of two)")
+        return tau_index, step_index
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        signal_level: torch.Tensor,
+        step_size: torch.Tensor | None,
+        actions: dict[str, torch.Tensor] | None,
+        action_mask: torch.Tensor | None,
+        independent_frames: torch.Tensor | None,
+    ) -> torch.Tensor:
+        b, t = latents.shape[:2]
+        latent_tokens = self.latent_proj(self.patchify(latents))
+        tau_index, step_index = self.noise_indices(signal_level, step_size)
+        noise_token = torch.cat([self.signal_embed(tau_index), self.step_embed(step_index)], dim=-1)
+        action_token = self.actions(actions, action_mask, independent_frames, b, t)
+        registers = self.registers.expand(b, t, -1, -1)
+        return torch.cat([latent_tokens, registers, noise_token[:, :, None], action_token[:, :, None]], dim=2)
+
+
+class DreamerAgentTokens(nn.Module):
+    """Agent token inputs: ``task_embed(task) + slot[i]`` for the ``A`` slots of each frame."""
+
+    def __init__(self, config: DreamerConfig) -> None:
+        super().__init__()
+        self.task_embed = nn.Embedding(config.num_tasks, config.hidden_size)
+        self.slots = nn.Parameter(torch.zeros(config.agent_tokens_per_frame, config.hidden_size))
+
+    def forward(self, task_ids: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor:
+        """``task_ids (B,)`` or ``(B, T)`` long, None = task 0 -> ``(B, T, A, D)``."""
+        device = self.slots.device
+        if task_ids is None:
+            task_ids = torch.zeros(batch, dtype=torch.long, device=device)
+        task_ids = task_ids.to(device=device, dtype=torch.long)
+        if task_ids.dim() == 1:
+            task_ids = task_ids[:, None].expand(batch, frames)
+        return self.task_embed(task_ids)[:, :, None, :] + self.slots
+
+
+class DreamerPreTrainedModel(PreTrainedModel):
+    config_class = DreamerConfig
+    base_model_prefix = "dreamer"
+    main_input_name = "latents"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DreamerBlock"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Linear / Embedding: N(0, initializer_range), biases 0, RMSNorm gains 1 (base class); the
+        custom parameters below likewise; reward and value output layers are zero (docs/model.md).
+
+        Only ``transformers.initialization`` functions: they skip tensors loaded from a checkpoint.
+        """
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, DreamerFrameEmbeddings):
+            init.normal_(module.registers, std=std)
+        elif isinstance(module, DreamerActionEmbedding):
+            init.normal_(module.base, std=std)
+            init.normal_(module.no_action, std=std)
+        elif isinstance(module, DreamerAgentTokens):
+            init.normal_(module.slots, std=std)
+        elif isinstance(module, DreamerZeroLinear):  # after the base class's normal init of any Linear
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+
+
+class DreamerModel(DreamerPreTrainedModel):
+    """The dynamics transformer: noisy latents, signal levels, step sizes and actions -> clean latents."""
+
+    def __init__(self, config: DreamerConfig) -> None:
+        super().__init__(config)
+        self.embeddings = DreamerFrameEmbeddings(config)
+        self.layers = nn.ModuleList([DreamerBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = DreamerRMSNorm(config.hidden_size, config.rms_norm_eps)
+        p = config.patch_size
+        self.latent_out = nn.Linear(config.hidden_size, config.latent_channels * p * p)
+        self.post_init()
+
+    def _check_inputs(
+        self, latents: torch.Tensor, signal_level: torch.Tensor, independent_frames: torch.Tensor | None
+    ) -> None:
+        c = self.config
+        expected = (c.latent_channels, c.latent_height, c.latent_width)
+        if latents.dim() != 5 or tuple(latents.shape[2:]) != expected:
+            raise ValueError(f"DreamerModel: latents must be (B, T, {', '.join(map(str, expected))}), got {tuple(latents.shape)}")
+        if tuple(signal_level.shape) != tuple(latents.shape[:2]):
+            raise ValueError(f"DreamerModel: signal_level must be (B, T) = {tuple(latents.shape[:2])}, got {tuple(signal_level.shape)}")
+        if independent_frames is not None and tuple(independent_frames.shape) != tuple(latents.shape[:1]):
+            raise ValueError(f"DreamerModel: independent_frames must be (B,) = ({latents.shape[0]},), got {tuple(independent_frames.shape)}")
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        signal_level: torch.Tensor,
+        step_size: torch.Tensor | None = None,
+        actions: dict[str, torch.Tensor] | None = None,
+        action_mask: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        independent_frames: torch.Tensor | None = None,
+        agent_tokens: torch.Tensor | None = None,
+    ) -> DreamerModelOutput:
+        """Predict clean latents.
+
+        Args:
+            latents: ``(B, T, C, H, W)`` noisy latents (cast to the model's dtype).
+            signal_level: ``(B, T)`` tau in [0, 1], 1 = clean.
+            step_size: ``(B, T)`` d in {1, 1/2, ..., 1/K_max}; None = ``1 / K_max``.
+            actions: ``{name: (B, T)}``; ``actions[t]`` is taken at frame t and enters frame t + 1.
+            action_mask: ``(B, T)`` bool, True where ``actions[t]`` is labeled (None: all labeled).
+            task_ids: accepted for a call signature shared with :class:`DreamerAgentModel`; unused here.
+            independent_frames: ``(B,)`` bool; flagged examples' frames see nothing of each other.
+            agent_tokens: ``(B, T, A, D)`` extra tokens appended to every frame behind the agent
+                firewall (used by :class:`DreamerAgentModel`).
+        Returns:
+            :class:`DreamerModelOutput` with ``latent_pred (B, T, C, H, W)`` and, if agent tokens
+            were given, their final states ``agent_states (B, T, A, D)`` (before any norm).
+        """
+        self._check_inputs(latents, signal_level, independent_frames)
+        b, t = latents.shape[:2]
+        latents = latents.to(self.dtype)
+        if independent_frames is not None:
+            independent_frames = independent_frames.to(device=latents.device, dtype=torch.bool)
+        hidden = self.embeddings(latents, signal_level, step_size, actions, action_mask, independent_frames)
+        num_agent = 0 if agent_tokens is None else agent_tokens.shape[2]
+        if num_agent:
+            hidden = torch.cat([hidden, agent_tokens.to(hidden.dtype)], dim=2)
+        c = self.config
+        space_rope = rotary_tables(hidden.shape[2], c.head_dim, c.rope_theta, hidden.device)
+        time_rope = rotary_tables(t, c.head_dim, c.rope_theta, hidden.device)
+        for layer in self.layers:
+            hidden = layer(
+                hidden,
+                space_rope=space_rope,
+                time_rope=time_rope,
+                num_agent_tokens=num_agent,
+                independent_frames=independent_frames,
+            )
+        latent_tokens = self.latent_out(self.norm(hidden[:, :, : c.num_latent_tokens]))
+        return DreamerModelOutput(
+            latent_pred=self._unpatchify(latent_tokens),
+            agent_states=hidden[:, :, hidden.shape[2] - num_agent :] if num_agent else None,
+        )
+
+    def _unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, T, H/p * W/p, C * p * p)`` -> ``(B, T, C, H, W)``; inverse of ``patchify``."""
+        c, p = self.config, self.config.patch_size
+        b, t = tokens.shape[:2]
+        h, w = c.latent_height // p, c.latent_width // p
+        x = tokens.reshape(b, t, h, w, c.latent_channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return x.reshape(b, t, c.latent_channels, c.latent_height, c.latent_width)
+
+
+# Modules of DreamerAgentModel that a DreamerModel checkpoint does not contain.
+AGENT_MODULES = ("agent_tokens", "agent_norm", "reward_head", "policy_head", "value_head")
+
+
+class DreamerAgentModel(DreamerPreTrainedModel):
+    """The dynamics backbone plus agent tokens and the reward, policy and value heads (phase 2/3)."""
+
+    def __init__(self, config: DreamerConfig) -> None:
+        super().__init__(config)
+        self.dreamer = DreamerModel(config)
+        self.agent_tokens = DreamerAgentTokens(config)
+        self.agent_norm = DreamerRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.reward_head = DreamerRewardHead(config)
+        self.policy_head = DreamerPolicyHead(config)
+        self.value_head = DreamerValueHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        signal_level: torch.Tensor,
+        step_size: torch.Tensor | None = None,
+        actions: dict[str, torch.Tensor] | None = None,
+        action_mask: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        independent_frames: torch.Tensor | None = None,
+    ) -> DreamerAgentOutput:
+        """Arguments as :meth:`DreamerModel.forward`; ``task_ids (B,)`` or ``(B, T)``, None = task 0.
+
+        ``agent_hidden`` is the mean over the frame's agent tokens of their RMS-normalised final states.
+        """
+        b, t = latents.shape[:2]
+        agent_inputs = self.agent_tokens(task_ids, b, t)
+        out = self.dreamer(
+            latents,
+            signal_level,
+            step_size=step_size,
+            actions=actions,
+            action_mask=action_mask,
+            independent_frames=independent_frames,
+            agent_tokens=agent_inputs,
+        )
+        agent_hidden = self.agent_norm(out.agent_states).mean(dim=2)
+        return DreamerAgentOutput(
+            latent_pred=out.latent_pred,
+            agent_hidden=agent_hidden,
+            reward_logits=self.reward_head(agent_hidden),
+            policy_logits=self.policy_head(agent_hidden),
+            value_logits=self.value_head(agent_hidden),
+        )
+
+    def reward_bins(self) -> torch.Tensor:
+        """Twohot bin centres in symlog space, ``(num_bins,)`` float32 on the model's device."""
+        c = self.config
+        return twohot_bins(c.num_bins, c.bins_low, c.bins_high).to(self.device)
+
+    @classmethod
+    def from_backbone(cls, pretrained_model_name_or_path: str, **kwargs) -> "DreamerAgentModel":
+        """Grow a :class:`DreamerModel` checkpoint into an agent model, and check the loading report.
+
+        ``kwargs`` go to ``from_pretrained``: config fields the backbone does not use
+        (``num_tasks``, ``agent_tokens_per_frame``, ``mtp_length``, ``num_bins``, ``bins_low``,
+        ``bins_high``, ``head_hidden_size``, ``head_layers``) may be overridden there. Raises
+        ``ValueError`` if any weight outside the agent modules is missing, or if any checkpoint weight
+        is unexpected or of the wrong shape (a changed backbone field, e.g. the action space).
+        """
+        model, info = cls.from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        missing = [k for k in info["missing_keys"] if k.split(".")[0] not in AGENT_MODULES]
+        problems = {
+            "missing backbone weights": missing,
+            "unexpected weights": list(info["unexpected_keys"]),
+            "mismatched shapes": [str(m) for m in info["mismatched_keys"]],
+            "errors": list(info.get("error_msgs", [])),
+        }
+        problems = {name: keys for name, keys in problems.items() if keys}
+        if problems:
+            raise ValueError(f"DreamerAgentModel.from_backbone({pretrained_model_name_or_path!r}): {problems}")
+        return model
