@@ -213,13 +213,20 @@ def compute_losses(
     if train_dynamics:
         dyn_mask = routed(batch["source"], args.dynamics_loss_sources, frames)
 
-        def predict(z: torch.Tensor, level: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-            return teacher(z, level, step, **inputs).latent_pred.float()
+        # The two teacher passes of the bootstrap target run only on the examples that need them.
+        rows = ((step_size > d_min) & dyn_mask).any(dim=1)
+        bootstrap = torch.zeros_like(z_clean)
+        if bool(rows.any()):
+            sub_inputs = dict(
+                actions={name: value[rows] for name, value in actions.items()},
+                action_mask=action_mask[rows],
+                independent_frames=independent[rows],
+            )
 
-        needs_bootstrap = bool(((step_size > d_min) & dyn_mask).any())
-        bootstrap = (
-            bootstrap_target(predict, z_tilde, tau, step_size, d_min) if needs_bootstrap else torch.zeros_like(z_clean)
-        )
+            def predict(z: torch.Tensor, level: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+                return teacher(z, level, step, **sub_inputs).latent_pred.float()
+
+            bootstrap[rows] = bootstrap_target(predict, z_tilde[rows], tau[rows], step_size[rows], d_min)
         shortcut = shortcut_forcing_loss(
             out.latent_pred.float(), z_clean, z_tilde, tau, step_size, d_min, bootstrap, dyn_mask
         )
@@ -608,6 +615,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             position=state.batches_in_epoch * args.per_device_train_batch_size * accelerator.num_processes
         )
         accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()  # every process has written its RNG state before the rename
         if accelerator.is_main_process:
             normalizer.save_file(tmp / RMS_STATE_FILE)
             state.save(tmp)

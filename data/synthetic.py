@@ -14,8 +14,10 @@ in the user's data), then respawns at home. The health bar also flickers off for
 and then (not deaths). Some frames have no latent (gaps), so rewards must be carried.
 
 The latent of frame t is what a tokenizer could see at t: channel maps of the player, coin and
-enemy positions (Gaussian bumps), health, a "dead" map, a gold flash on the pickup frame, a death
-flash on the death frame and the player's heading towards the coin; plus noise, float16. So the
+enemy positions (Gaussian bumps), health, a gold flash on the pickup frame, a death flash on the
+death frame and the player's heading towards the coin as a (cos, sin) pair spread over the frame
+(zero when idle; a global feature that attention can pool without knowing where it looked);
+plus noise, float16. So the
 reward at t and the movement at t are predictable from the latent at t, and the approach of a
 coin or the enemy announces rewards a few frames ahead.
 """
@@ -154,20 +156,19 @@ def encode_latents(episode: Episode, latent_shape: tuple[int, int, int], rng: np
 
     alive = ~episode.dead
     ones = np.ones((frames, height, width))
-    # Heading as a population code: cell j prefers direction 2*pi*j/(H*W); zero when idle.
-    preferred = 2 * np.pi * np.arange(height * width) / (height * width)
-    tuning = np.exp(4.0 * (np.cos(episode.heading[:, None] - preferred) - 1.0))
-    heading_map = np.nan_to_num(tuning).reshape(frames, height, width)
+    # Heading as (cos, sin) over the whole frame, zero when idle.
+    heading_cos = np.nan_to_num(np.cos(episode.heading))
+    heading_sin = np.nan_to_num(np.sin(episode.heading))
     base = np.stack(
         [
             bump(episode.player) * alive[:, None, None],
             bump(episode.coin),
             bump(episode.enemy),
             ones * episode.health[:, None, None],
-            ones * episode.dead[:, None, None],
+            ones * heading_cos[:, None, None],
             ones * (episode.gold / 100.0)[:, None, None],
             ones * episode.death_onset[:, None, None],
-            heading_map,
+            ones * heading_sin[:, None, None],
         ],
         axis=1,
     )
