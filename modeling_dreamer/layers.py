@@ -101,12 +101,37 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
     return F.scaled_dot_product_attention(q, k, v).reshape(n, num_heads, q_len, head_dim)
 
 
+def flex_attention_backend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softcap: float | None
+) -> torch.Tensor:
+    """``torch.nn.attention.flex_attention`` with the soft cap and the causal mask as a score
+    modification; same shapes and head grouping as :func:`eager_attention`.
+
+    Fused when the caller runs under ``torch.compile`` (GPU); uncompiled, PyTorch runs its unfused
+    reference, which is exact but slow.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def score_mod(score: torch.Tensor, batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor,
+                  kv_idx: torch.Tensor) -> torch.Tensor:
+        if softcap is not None:
+            score = softcap * torch.tanh(score / softcap)
+        if causal:
+            score = torch.where(q_idx >= kv_idx, score, -float("inf"))
+        return score
+
+    return flex_attention(q, k, v, score_mod=score_mod, enable_gqa=q.shape[1] != k.shape[1])
+
+
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softcap: float | None, implementation: str
 ) -> torch.Tensor:
-    """Dispatch on ``attn_implementation``. sdpa cannot apply a soft cap, so with a cap configured
-    every backend runs the exact eager math (correctness over speed; see docs/model.md)."""
+    """Dispatch on ``attn_implementation``: ``flex_attention`` applies the cap as a score
+    modification; sdpa cannot apply a soft cap, so with a cap configured it runs the exact eager
+    math (correctness over speed; see docs/model.md)."""
     softcap = softcap or None  # 0 means "no cap", also when set on a config after construction
+    if implementation == "flex_attention":
+        return flex_attention_backend(q, k, v, causal, softcap)
     if implementation == "sdpa" and softcap is None:
         return sdpa_attention(q, k, v, causal)
     return eager_attention(q, k, v, causal, softcap)

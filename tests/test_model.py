@@ -142,7 +142,9 @@ def reference_attention(q, k, v, causal: bool, softcap: float | None) -> torch.T
 
 @pytest.mark.parametrize("num_kv", [4, 2, 1])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("impl,softcap", [("eager", None), ("eager", 2.0), ("sdpa", None)])
+@pytest.mark.parametrize(
+    "impl,softcap", [("eager", None), ("eager", 2.0), ("sdpa", None), ("flex_attention", None), ("flex_attention", 2.0)]
+)
 def test_attention_matches_per_head_reference(num_kv, causal, impl, softcap):
     g = torch.Generator().manual_seed(0)
     q = torch.randn(3, 4, 7, 8, generator=g) * 3  # large logits so that the cap matters
@@ -172,7 +174,7 @@ def test_sdpa_matches_eager_without_cap_and_falls_back_to_eager_with_cap():
 # --- agent firewall, causality, independent frames ------------------------------------------
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa", "flex_attention"])
 @torch.no_grad()
 def test_agent_firewall_latent_pred_ignores_agent_tokens_and_tasks(attn):
     model = make_model(attn=attn, attn_logit_softcap=None if attn == "sdpa" else 50.0)
@@ -198,7 +200,7 @@ def perturb_from(inputs: dict, frame: int, seed: int = 7) -> dict:
     return out
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa", "flex_attention"])
 @torch.no_grad()
 def test_time_causality_future_changes_no_past_output(attn):
     """Review item 10: agent (and every other) output at t sees nothing of frames > t."""
@@ -246,7 +248,7 @@ def test_unlabeled_actions_use_the_no_action_embedding():
     )
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa", "flex_attention"])
 @torch.no_grad()
 def test_independent_frames_isolate_frames_of_flagged_examples_only(attn):
     model = make_model(attn=attn, attn_logit_softcap=None if attn == "sdpa" else 50.0)

@@ -29,7 +29,7 @@ class ModelArguments:
         default=None,
         metadata={"help": "JSON object of DreamerConfig fields overriding the preset (in YAML: a mapping)."},
     )
-    attn_implementation: str | None = field(default=None, metadata={"help": "eager | sdpa (sdpa is used only where no logit soft cap applies, see docs/model.md)"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager | sdpa | flex_attention (sdpa is used only where no logit soft cap applies, see docs/model.md)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     freeze_backbone: bool = field(
         default=False,
