@@ -51,12 +51,28 @@ def rotary_tables(length: int, head_dim: int, theta: float, device: torch.device
     return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rotary(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+def rotate_pairs_complex(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive channel pairs ``(x[2i], x[2i+1])`` of ``x (..., head_dim)`` by ``rotations``
     (complex, broadcastable to ``(..., head_dim / 2)``). One complex multiply instead of the five
     elementwise kernels of the rotate-half form: this is memory-bound work on CPU."""
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * rotations).flatten(-2).type_as(x)
+
+
+def rotate_pairs_real(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """:func:`rotate_pairs_complex` in real arithmetic: ``(a cos - b sin, a sin + b cos)``."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    cos, sin = rotations.real, rotations.imag
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).type_as(x)
+
+
+def apply_rotary(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """RoPE: the complex form in eager mode, the real form under ``torch.compile`` (Inductor has no
+    complex kernels and would fall back around them; the real form fuses)."""
+    if torch.compiler.is_compiling():
+        return rotate_pairs_real(x, rotations)
+    return rotate_pairs_complex(x, rotations)
 
 
 def eager_attention(
