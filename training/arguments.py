@@ -183,6 +183,11 @@ def parse_arguments(
         recipe_argv = recipe_to_argv(recipe)
         del argv[at : at + 2]
     parser = HfArgumentParser((ModelArguments, DataArguments, DreamerTrainingArguments))
+    parser.description = (
+        "Train a Dreamer world model (--stage dynamics) or finetune it into an agent (--stage agent). "
+        "--config recipe.yaml reads arguments from a YAML mapping; --key value overrides follow it. "
+        "See docs/training.md."
+    )
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=recipe_argv + argv)
     if not data_args.dataset_path:
         raise SystemExit("dataset_path is required (the folder written by `python -m data.prepare`)")
