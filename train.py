@@ -242,9 +242,9 @@ def compute_losses(
         policy = mtp_policy_loss(
             {k: v.float() for k, v in out.policy_logits.items()}, actions, bc_valid, config.action_space
         )
-        # DDP needs every trainable head in every step's graph, also when a term has no valid target here.
-        keep_graph = sum(v.sum() for v in out.policy_logits.values()) * 0.0 + out.reward_logits.sum() * 0.0
-        losses["reward"] = reward.loss + keep_graph
+        # With no valid target the MTP losses are an exact 0 still connected to every head's logits, so DDP
+        # sees a gradient for every trainable head in every step.
+        losses["reward"] = reward.loss
         losses["bc"] = policy.loss
         counts["reward"] = reward.per_offset_count.sum()
         counts["bc"] = policy.per_offset_count.sum()
@@ -268,8 +268,8 @@ def normalize_losses(
     logs: dict[str, float] = {}
     for name, loss in losses.items():
         present = bool(counts[name] > 0)
-        normalized = normalizer.normalize(name, loss, present=present)
-        total = total + (normalized if present else loss * 0.0)
+        normalized = normalizer.normalize(name, loss, present=present)  # an absent term is an exact 0
+        total = total + normalized
         if present:
             logs[f"loss/{name}"] = float(loss.detach())
             logs[f"loss_normalized/{name}"] = float(normalized.detach())

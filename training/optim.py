@@ -121,12 +121,3 @@ def choose_mixed_precision(requested: str, device_type: str, cuda_bf16_supported
     if requested == "bf16" and device_type == "mps":
         raise ValueError("mixed_precision=bf16 is not supported on mps; use 'no'")
     return requested
-
-
-def detect_device() -> tuple[str, bool]:
-    """(device type Accelerate will use, whether CUDA bf16 is supported)."""
-    if torch.cuda.is_available():
-        return "cuda", torch.cuda.is_bf16_supported()
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps", False
-    return "cpu", False
