@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.arguments import SOURCES, DataArguments, DreamerTrainingArguments, ModelArguments, parse_arguments
+from data.sampler import DrawSource
+from training.arguments import DataArguments, DreamerTrainingArguments, ModelArguments, parse_arguments
 from training.checkpointing import (
     RMS_STATE_FILE,
     TrainerState,
@@ -36,7 +37,6 @@ from training.checkpointing import (
 from training.metrics import majority_rate, masked_mean, roc_auc
 from training.optim import GroupScales, build_param_groups, build_scheduler, choose_mixed_precision
 
-SOURCE_IDS = {name: i for i, name in enumerate(SOURCES)}  # matches data.windows: 0 uniform, 1 relevant
 LOSS_TERMS = {"dynamics": ("dynamics",), "agent": ("dynamics", "reward", "bc")}
 
 
@@ -126,14 +126,12 @@ def build_model(model_args: ModelArguments, stage: str, schema: Any) -> tuple[to
 
 def freeze_for_stage(model: torch.nn.Module, stage: str, freeze_backbone: bool) -> None:
     """Phase 2 does not train the value head (that is phase 3); optionally freeze the dynamics backbone."""
-    from training.optim import parameter_role
-
     if stage != "agent":
         return
     for name, param in model.named_parameters():
         if name.startswith("value_head"):
             param.requires_grad_(False)
-        elif freeze_backbone and parameter_role(name) == "backbone":
+        elif freeze_backbone and model.parameter_role(name) == "backbone":
             param.requires_grad_(False)
 
 
@@ -153,7 +151,7 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
 
 def routed(source: torch.Tensor, sources: list[str], frames: int) -> torch.Tensor:
     """(B, T) bool: frames of the examples whose draw source is in `sources`."""
-    allowed = torch.tensor([SOURCE_IDS[s] for s in sources], device=source.device, dtype=source.dtype)
+    allowed = torch.tensor([DrawSource.parse(s) for s in sources], device=source.device, dtype=source.dtype)
     return torch.isin(source, allowed)[:, None].expand(-1, frames)
 
 

@@ -14,17 +14,33 @@ iterating the sampler sees the same sequence and keeps its own disjoint share of
 
 from __future__ import annotations
 
+import enum
 import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
 
-UNIFORM, RELEVANT = 0, 1
+
+
+class DrawSource(enum.IntEnum):
+    """Where a draw of the mixture sampler came from; it travels with each example as `source`."""
+
+    UNIFORM = 0  # the uniform pass over all windows
+    RELEVANT = 1  # the windows that contain a nonzero reward
+
+    @classmethod
+    def parse(cls, name: str) -> "DrawSource":
+        """`"uniform"` / `"relevant"` (as written in recipes) -> the member; ValueError otherwise."""
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise ValueError(f"unknown draw source {name!r}; use one of {[m.name.lower() for m in cls]}") from None
+
 
 
 class MixtureSampler(Sampler):
-    """Yields `(window_index, source)` with source 0 = uniform, 1 = relevant.
+    """Yields `(window_index, source)` with `source` a `DrawSource` value (0 uniform, 1 relevant).
 
     Args:
         num_windows: number of windows N (`len(WindowDataset)`).
@@ -76,16 +92,16 @@ class MixtureSampler(Sampler):
         # uniform draw is geometric (failures before the first success of probability 1 - p).
         extra = rng.geometric(1.0 - p, size=self.num_windows) - 1
         total = self.num_windows + int(extra.sum())
-        source = np.full(total, RELEVANT, np.int64)
+        source = np.full(total, DrawSource.RELEVANT, np.int64)
         uniform_positions = np.cumsum(extra + 1) - 1
-        source[uniform_positions] = UNIFORM
+        source[uniform_positions] = DrawSource.UNIFORM
         windows = np.empty(total, np.int64)
         windows[uniform_positions] = uniform
         num_relevant = total - self.num_windows
         if num_relevant:
             laps = -(-num_relevant // len(self.relevant_indices))
             walk = np.concatenate([rng.permutation(self.relevant_indices) for _ in range(laps)])
-            windows[source == RELEVANT] = walk[:num_relevant]
+            windows[source == DrawSource.RELEVANT] = walk[:num_relevant]
         self._cache = (epoch, windows, source)
         return windows, source
 
@@ -104,7 +120,7 @@ class MixtureSampler(Sampler):
         start, self._resume_from = self._resume_from, 0
         for position in range(start, len(windows)):
             self.position = position + 1
-            yield int(windows[position]), int(source[position])
+            yield int(windows[position]), int(source[position])  # plain ints: collated into a tensor
 
     def state_dict(self, position: int | None = None) -> dict:
         """Resumable state. `position` overrides the draws consumed in this epoch (see below).

@@ -13,31 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+# The one definition of the action space (a standard-library-only module shared with the model config).
+from modeling_dreamer.action_space import default_action_space
+from modeling_dreamer.action_space import validate_action_space as validate_dataset_action_space
+
 SCHEMA_FILE = "dreamer_schema.json"
 REPORT_FILE = "prepare_report.json"
 SCHEMA_VERSION = 1
-
-BINARY_KEYS = (
-    "ability_q",
-    "ability_w",
-    "ability_e",
-    "ability_r",
-    "summoner_d",
-    "summoner_f",
-    "item_used",
-    "recall_b",
-)
-
-
-def default_action_space() -> dict[str, dict]:
-    """The user's action space (DESIGN.md section 4): 18-way movement, then 8 binary keys.
-
-    Returns a fresh ordered dict: component name -> `{"type": "categorical", "n": 18}` or
-    `{"type": "binary"}`. The order is the order of the model's policy heads.
-    """
-    space: dict[str, dict] = {"movement": {"type": "categorical", "n": 18}}
-    space.update({key: {"type": "binary"} for key in BINARY_KEYS})
-    return space
 
 
 def default_action_keys(action_space: dict[str, dict]) -> dict[str, str]:
@@ -48,24 +30,14 @@ def default_action_keys(action_space: dict[str, dict]) -> dict[str, str]:
     return {name: ("movement_slice" if name == "movement" else name) for name in action_space}
 
 
+# Dataset columns that an action component cannot be named after.
+RESERVED_COLUMNS = frozenset({"video_id", "frame_index", "latents", "reward", "death", "has_action"})
+
+
 def validate_action_space(action_space: dict[str, dict]) -> None:
-    """Raise ValueError unless `action_space` is a non-empty dict in the DESIGN.md format."""
-    if not isinstance(action_space, dict) or not action_space:
-        raise ValueError(f"action space must be a non-empty dict, got {action_space!r}")
-    for name, spec in action_space.items():
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        if kind == "binary":
-            continue
-        if kind == "categorical" and isinstance(spec.get("n"), int) and spec["n"] >= 2:
-            continue
-        raise ValueError(
-            f"action component {name!r}: expected {{'type': 'binary'}} or "
-            f"{{'type': 'categorical', 'n': int >= 2}}, got {spec!r}"
-        )
-    reserved = {"video_id", "frame_index", "latents", "reward", "death", "has_action"}
-    clash = reserved.intersection(action_space)
-    if clash:
-        raise ValueError(f"action component names {sorted(clash)} clash with dataset columns")
+    """Raise ValueError unless `action_space` is valid (see `modeling_dreamer.action_space`) and names no
+    dataset column."""
+    validate_dataset_action_space(action_space, reserved=RESERVED_COLUMNS)
 
 
 @dataclass(frozen=True)

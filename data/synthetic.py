@@ -33,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from modeling_dreamer.action_space import LOL_BINARY_KEYS as BINARY_KEYS
+
 FPS = 20
 HOME = np.array([0.1, 0.1])
 BASE_CHANNELS = 8
-BINARY_KEYS = ("ability_q", "ability_w", "ability_e", "ability_r", "summoner_d", "summoner_f", "item_used", "recall_b")
 
 
 @dataclass

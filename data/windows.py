@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from data.sampler import DrawSource
 from data.schema import DatasetSchema
-
-UNIFORM, RELEVANT = 0, 1
 
 
 class WindowDataset:
@@ -115,7 +114,7 @@ class WindowDataset:
         return np.concatenate(pieces)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, source = key if isinstance(key, tuple) else (key, UNIFORM)
+        index, source = key if isinstance(key, tuple) else (key, DrawSource.UNIFORM)
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} out of range for {len(self)} windows")

@@ -9,24 +9,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-# The user's League of Legends action space (DESIGN.md section 4): one 18-way movement direction
-# and 8 independent keys. The model only needs the component names, kinds and sizes.
-DEFAULT_ACTION_SPACE: dict[str, dict[str, Any]] = {
-    "movement": {"type": "categorical", "n": 18},
-    **{
-        key: {"type": "binary"}
-        for key in (
-            "ability_q",
-            "ability_w",
-            "ability_e",
-            "ability_r",
-            "summoner_d",
-            "summoner_f",
-            "item_used",
-            "recall_b",
-        )
-    },
-}
+from .action_space import default_action_space, validate_action_space
 
 # Widths and depths fixed by the issue; head dim 64; GQA with half as many KV heads as query heads.
 PRESETS: dict[str, dict[str, int]] = {
@@ -40,24 +23,6 @@ PRESETS: dict[str, dict[str, int]] = {
 def _swiglu_width(hidden_size: int) -> int:
     """8/3 * hidden_size rounded up to a multiple of 64: the parameter count of a 4x GELU MLP."""
     return 64 * math.ceil(8 * hidden_size / 3 / 64)
-
-
-def validate_action_space(action_space: dict[str, dict[str, Any]]) -> None:
-    """Raise ``ValueError`` unless ``action_space`` is ``{name: {"type": "categorical", "n": int >= 2} |
-    {"type": "binary"}}`` with names usable as module keys."""
-    if not isinstance(action_space, dict):
-        raise ValueError(f"DreamerConfig.action_space must be a dict, got {type(action_space).__name__}")
-    for name, spec in action_space.items():
-        if not isinstance(name, str) or not name or "." in name:
-            raise ValueError(f"DreamerConfig.action_space: invalid component name {name!r} (non-empty, no '.')")
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        if kind == "categorical":
-            if not isinstance(spec.get("n"), int) or spec["n"] < 2:
-                raise ValueError(f"DreamerConfig.action_space[{name!r}]: categorical needs an integer n >= 2, got {spec}")
-        elif kind != "binary":
-            raise ValueError(
-                f"DreamerConfig.action_space[{name!r}]: type must be 'categorical' or 'binary', got {spec!r}"
-            )
 
 
 class DreamerConfig(PretrainedConfig):
@@ -133,7 +98,7 @@ class DreamerConfig(PretrainedConfig):
         self.qk_norm = qk_norm
         self.rope_theta = rope_theta
         self.rms_norm_eps = rms_norm_eps
-        self.action_space = copy.deepcopy(action_space if action_space is not None else DEFAULT_ACTION_SPACE)
+        self.action_space = copy.deepcopy(action_space) if action_space is not None else default_action_space()
         self.num_tasks = num_tasks
         self.agent_tokens_per_frame = agent_tokens_per_frame
         self.mtp_length = mtp_length
@@ -172,7 +137,10 @@ class DreamerConfig(PretrainedConfig):
                             f"[{self.bins_low}, {self.bins_high}]")
         if problems:
             raise ValueError("DreamerConfig: " + "; ".join(problems))
-        validate_action_space(self.action_space)
+        try:
+            validate_action_space(self.action_space)
+        except ValueError as error:
+            raise ValueError(f"DreamerConfig.action_space: {error}") from None
 
     def to_json_string(self, use_diff: bool = True) -> str:
         """As ``PretrainedConfig.to_json_string`` but keeps the action space in its order.

@@ -184,6 +184,15 @@ class DreamerPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DreamerBlock"]
     _supports_sdpa = True
     _supports_flex_attn = True
+    # Training role of each top-level child module; the parameters of any other module are the
+    # "backbone" (the dynamics transformer). The optimiser's learning-rate groups and
+    # `DreamerAgentModel.from_backbone` (which modules a backbone checkpoint lacks) read it.
+    module_roles: dict[str, str] = {}
+
+    @classmethod
+    def parameter_role(cls, name: str) -> str:
+        """``"backbone"``, ``"agent"`` or ``"heads"`` for a parameter name of this model."""
+        return cls.module_roles.get(name.split(".", 1)[0], "backbone")
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -292,12 +301,16 @@ class DreamerModel(DreamerPreTrainedModel):
         return x.reshape(b, t, c.latent_channels, c.latent_height, c.latent_width)
 
 
-# Modules of DreamerAgentModel that a DreamerModel checkpoint does not contain.
-AGENT_MODULES = ("agent_tokens", "agent_norm", "reward_head", "policy_head", "value_head")
-
-
 class DreamerAgentModel(DreamerPreTrainedModel):
     """The dynamics backbone plus agent tokens and the reward, policy and value heads (phase 2/3)."""
+
+    module_roles = {
+        "agent_tokens": "agent",
+        "agent_norm": "agent",
+        "reward_head": "heads",
+        "policy_head": "heads",
+        "value_head": "heads",
+    }
 
     def __init__(self, config: DreamerConfig) -> None:
         super().__init__(config)
@@ -359,7 +372,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         is unexpected or of the wrong shape (a changed backbone field, e.g. the action space).
         """
         model, info = cls.from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
-        missing = [k for k in info["missing_keys"] if k.split(".")[0] not in AGENT_MODULES]
+        missing = [k for k in info["missing_keys"] if cls.parameter_role(k) == "backbone"]
         problems = {
             "missing backbone weights": missing,
             "unexpected weights": list(info["unexpected_keys"]),

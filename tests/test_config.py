@@ -7,7 +7,7 @@ import json
 import pytest
 
 from modeling_dreamer import DreamerConfig
-from modeling_dreamer.configuration_dreamer import DEFAULT_ACTION_SPACE
+from modeling_dreamer.action_space import DEFAULT_ACTION_SPACE
 
 
 @pytest.mark.parametrize(
@@ -44,9 +44,9 @@ def test_defaults_follow_design():
         ({"num_key_value_heads": 3}, "num_key_value_heads"),
         ({"k_max": 48}, "k_max"),
         ({"bins_low": 1.0, "bins_high": -1.0}, "bins"),
-        ({"action_space": {"move": {"type": "categorical", "n": 1}}}, "n >= 2"),
-        ({"action_space": {"move": {"type": "continuous"}}}, "categorical' or 'binary"),
-        ({"action_space": {"a.b": {"type": "binary"}}}, "invalid component name"),
+        ({"action_space": {"move": {"type": "categorical", "n": 1}}}, "'move'.*'n': int >= 2"),
+        ({"action_space": {"move": {"type": "continuous"}}}, "'move'.*expected.*binary.*categorical"),
+        ({"action_space": {"a.b": {"type": "binary"}}}, "name 'a.b' is invalid"),
     ],
 )
 def test_inconsistent_fields_raise_naming_the_field(fields, message):

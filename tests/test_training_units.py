@@ -27,7 +27,6 @@ from training.optim import (
     build_param_groups,
     choose_mixed_precision,
     lr_multiplier,
-    parameter_role,
 )
 
 
@@ -70,6 +69,12 @@ class TinyAgent(nn.Module):
         self.policy_head = nn.Linear(4, 3)
         self.value_head = nn.Linear(4, 5)
 
+    module_roles = {"agent_tokens": "agent", "agent_task_embed": "agent", "reward_head": "heads",
+                    "policy_head": "heads", "value_head": "heads"}
+
+    def parameter_role(self, name: str) -> str:
+        return self.module_roles.get(name.split(".", 1)[0], "backbone")
+
 
 def test_param_groups_carry_scaled_lrs_and_decay_rules() -> None:
     model = TinyAgent()
@@ -100,9 +105,11 @@ def test_param_groups_survive_adamw() -> None:
 
 
 def test_parameter_roles() -> None:
-    assert parameter_role("dreamer.layers.0.attn.q_proj.weight") == "backbone"
-    assert parameter_role("agent_tokens") == "agent"
-    assert parameter_role("reward_head.output.weight") == "heads"
+    from modeling_dreamer import DreamerAgentModel
+
+    assert DreamerAgentModel.parameter_role("dreamer.layers.0.attn.q_proj.weight") == "backbone"
+    assert DreamerAgentModel.parameter_role("agent_tokens.slots") == "agent"
+    assert DreamerAgentModel.parameter_role("reward_head.out.weight") == "heads"
 
 
 # ---- learning-rate schedule ----

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SOURCES = ("uniform", "relevant")
+from data.sampler import DrawSource
+
 
 
 @dataclass
@@ -133,9 +134,8 @@ class DreamerTrainingArguments:
         if self.stage not in ("dynamics", "agent"):
             raise ValueError(f"stage must be 'dynamics' or 'agent', got {self.stage!r}")
         for name in ("dynamics_loss_sources", "reward_loss_sources", "bc_loss_sources"):
-            unknown = set(getattr(self, name)) - set(SOURCES)
-            if unknown:
-                raise ValueError(f"{name} has unknown sources {sorted(unknown)}; use {list(SOURCES)}")
+            for source in getattr(self, name):
+                DrawSource.parse(source)  # raises naming the valid sources
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto | no | bf16 | fp16, got {self.mixed_precision!r}")
 

@@ -8,12 +8,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# Parameter roles of a DreamerAgentModel, by the top-level child module that owns them.
-# Everything not listed (the dynamics transformer) is "backbone".
-AGENT_MODULE_PREFIXES = ("agent_",)
-HEAD_MODULE_PREFIXES = ("reward_head", "policy_head", "value_head")
-
-
 @dataclass(frozen=True)
 class GroupScales:
     """Learning-rate multipliers of the three parameter roles."""
@@ -21,16 +15,6 @@ class GroupScales:
     backbone: float = 1.0
     agent: float = 1.0
     heads: float = 1.0
-
-
-def parameter_role(name: str) -> str:
-    """`backbone`, `agent` or `heads` for a parameter name of DreamerModel / DreamerAgentModel."""
-    top = name.split(".", 1)[0]
-    if top.startswith(HEAD_MODULE_PREFIXES):
-        return "heads"
-    if top.startswith(AGENT_MODULE_PREFIXES):
-        return "agent"
-    return "backbone"
 
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:
@@ -59,7 +43,7 @@ def build_param_groups(model: nn.Module, learning_rate: float, weight_decay: flo
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        role = parameter_role(name)
+        role = model.parameter_role(name)
         key = f"{role}_no_decay" if name in exempt else role
         buckets.setdefault(key, []).append(param)
     groups = []
