@@ -187,7 +187,7 @@ def test_recipe_then_command_line_overrides(tmp_path: Path) -> None:
 
 
 def test_bad_arguments_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown sources"):
+    with pytest.raises(ValueError, match="bc_loss_sources: unknown draw source .everything."):
         parse_arguments(["--dataset_path", "x", "--bc_loss_sources", "everything"])
     with pytest.raises(ValueError, match="stage"):
         parse_arguments(["--dataset_path", "x", "--stage", "imagination"])

@@ -135,7 +135,10 @@ class DreamerTrainingArguments:
             raise ValueError(f"stage must be 'dynamics' or 'agent', got {self.stage!r}")
         for name in ("dynamics_loss_sources", "reward_loss_sources", "bc_loss_sources"):
             for source in getattr(self, name):
-                DrawSource.parse(source)  # raises naming the valid sources
+                try:
+                    DrawSource.parse(source)
+                except ValueError as error:
+                    raise ValueError(f"{name}: {error}") from None
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto | no | bf16 | fp16, got {self.mixed_precision!r}")
 
