@@ -138,6 +138,14 @@ class MixtureSampler(Sampler):
             "position": self.position if position is None else int(position),
         }
 
+    def resume_at(self, epoch: int, position: int) -> None:
+        """Make the next iteration yield epoch `epoch` from draw `position` on (draws already consumed, over
+        all processes). Calling `set_epoch(epoch)` afterwards keeps the position."""
+        if not 0 <= position <= len(self.epoch_sequence(epoch)[0]):
+            raise ValueError(f"position {position} is outside epoch {epoch} of {len(self.epoch_sequence(epoch)[0])} draws")
+        self.epoch = int(epoch)
+        self.position = self._resume_from = int(position)
+
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()`; the next iteration continues the same epoch at `position`."""
         if state["num_windows"] != self.num_windows or state["num_relevant"] != len(self.relevant_indices):

@@ -96,6 +96,19 @@ class WindowDataset:
     def __len__(self) -> int:
         return len(self.window_starts)
 
+    def fingerprint(self) -> str:
+        """A hash of what the windows hold besides the latents: frame numbers, videos, rewards, deaths,
+        actions and labels, the latent shape and the window layout. Two datasets with the same fingerprint
+        give the same windows in the same order (resumed runs check it)."""
+        import hashlib
+
+        digest = hashlib.sha256(repr((self.schema.latent_shape, self.window_length, self.stride)).encode())
+        for values in (self.frame_index, self.video_code, self.reward, self.death, self.has_action,
+                       *self.actions.values(), self.window_starts):
+            digest.update(np.ascontiguousarray(values).tobytes())
+        digest.update("\n".join(self.video_names).encode())
+        return digest.hexdigest()[:16]
+
     def relevant_windows(self) -> np.ndarray:
         """Indices of the windows that contain a nonzero reward, `(K,)` int64 ascending."""
         return np.flatnonzero(self._has_reward)

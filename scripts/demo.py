@@ -145,10 +145,11 @@ def main() -> None:
         "--seed", str(args.seed)], logs / "prepare.log")
     timings["dynamics"] = run("phase 1: pretrain the dynamics", [
         python, "train.py", "--config", args.dynamics_recipe, "--dataset_path", str(data / "prepared"),
-        "--output_dir", str(output / "dynamics"), *quick], logs / "dynamics.log")
+        "--output_dir", str(output / "dynamics"), "--overwrite_output_dir", "true", *quick], logs / "dynamics.log")
     timings["agent"] = run("phase 2: finetune the agent", [
         python, "train.py", "--config", args.agent_recipe, "--dataset_path", str(data / "prepared"),
-        "--output_dir", str(output / "agent"), "--init_from", str(output / "dynamics" / "final"), *quick],
+        "--output_dir", str(output / "agent"), "--init_from", str(output / "dynamics" / "final"),
+        "--overwrite_output_dir", "true", *quick],
         logs / "agent.log")
     timings["total"] = time.time() - started
 

@@ -67,3 +67,60 @@ def prepared_game(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--output", str(root / "prepared"), "--no-progress", "--validation-fraction", "0.2",
     ]) == 0
     return root / "prepared"
+
+
+def training_argv(dataset: Path, output: Path, *extra: str) -> list[str]:
+    """Command-line arguments of a tiny, fast training run on `dataset` into `output`."""
+    import json
+
+    return [
+        "--dataset_path", str(dataset), "--output_dir", str(output), "--model_overrides", json.dumps(TRAIN_MODEL_OVERRIDES),
+        "--window_length", "8", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
+        "--report_to", "none", "--logging_steps", "1", "--max_eval_windows", "8", "--learning_rate", "0.003",
+        "--warmup_steps", "1", "--seed", "11", *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def run_training(prepared_game: Path) -> Callable[..., dict[str, float]]:
+    """``run_training(output_dir, "--stage", "agent", ...)``: parse the arguments as train.py does and run the
+    loop in this process on the prepared game; returns the final held-out metrics."""
+    from training.arguments import parse_arguments
+    from training.loop import train
+    from training.stages import STAGES
+
+    def run(output: Path, *extra: str, stages: dict[str, Any] | None = None) -> dict[str, float]:
+        registry = stages or STAGES
+        args = parse_arguments(training_argv(prepared_game, output, *extra), registry)
+        return train(registry[args.training.stage](args), args)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def make_stage(prepared_game: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[Any, Any]]:
+    """``make_stage(StageClass, "--key", "value", ...)`` -> (stage, model): a stage built as the loop builds it
+    (arguments parsed as train.py parses them, the model built from the prepared game's schema, seed 0)."""
+    from data.schema import load_prepared
+    from training.arguments import parse_arguments
+    from training.stages import STAGES
+
+    schema = load_prepared(prepared_game)[1]
+
+    def build(stage_cls: Any, *extra: str) -> tuple[Any, Any]:
+        output = tmp_path_factory.mktemp("unused_output")
+        stages = {**STAGES, stage_cls.name: stage_cls}
+        args = parse_arguments(training_argv(prepared_game, output, "--stage", stage_cls.name, *extra), stages)
+        stage = stage_cls(args)
+        torch.manual_seed(0)
+        model, _ = stage.build_model(schema)
+        return stage, model
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def train_argv(prepared_game: Path) -> Callable[..., list[str]]:
+    """``train_argv(output_dir, *extra)``: the command-line arguments of a tiny run on the prepared game (for
+    tests that launch train.py in other processes)."""
+    return lambda output, *extra: training_argv(prepared_game, output, *extra)

@@ -1,5 +1,6 @@
-"""End-to-end tests of train.py on a small generated game: both stages, checkpoints, exact resume, the
-non-finite guard, a frozen backbone, loss routing and the independent-frames ratio."""
+"""The training loop with the `dynamics` and `agent` stages on a small generated game: checkpoints, the final
+model, exact resume, the non-finite guard, a frozen backbone, loss routing and the independent-frames ratio.
+Runs call the loop and the stages directly (tests/conftest.py: `run_training`)."""
 
 from __future__ import annotations
 
@@ -7,43 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import train
-from training.arguments import DataArguments, DreamerTrainingArguments
-
-TINY_MODEL = json.dumps({
-    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-    "time_every": 2, "num_register_tokens": 2, "k_max": 4, "mtp_length": 3, "num_bins": 17,
-    "head_hidden_size": 32, "head_layers": 1,
-})
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small synthetic game (6 videos x 120 frames), prepared into a DatasetDict."""
-    from data import prepare, synthetic
-
-    root = tmp_path_factory.mktemp("game")
-    assert synthetic.main(["--output", str(root / "raw"), "--num-videos", "6", "--frames", "120", "--seed", "3"]) == 0
-    assert prepare.main([
-        "--latents-dir", str(root / "raw" / "latents"), "--features-dir", str(root / "raw" / "features"),
-        "--output", str(root / "prepared"), "--no-progress", "--validation-fraction", "0.2",
-    ]) == 0
-    return root / "prepared"
-
-
-def run_train(prepared: Path, output: Path, *extra: str) -> dict[str, float]:
-    argv = [
-        "--dataset_path", str(prepared), "--output_dir", str(output), "--model_overrides", TINY_MODEL,
-        "--window_length", "8", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
-        "--report_to", "none", "--logging_steps", "1", "--max_eval_windows", "8", "--learning_rate", "0.003",
-        "--warmup_steps", "1", "--seed", "11", *extra,
-    ]
-    return train.main(argv)
+from training.stages import AgentStage, DynamicsStage
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -58,11 +27,15 @@ def step_records(path: Path) -> dict[int, dict]:
     }
 
 
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.fixture(scope="module")
-def dynamics_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def dynamics_run(run_training, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dynamics")
-    run_train(prepared, out, "--stage", "dynamics", "--max_steps", "3", "--save_steps", "2",
-              "--dynamics_loss_sources", "uniform", "relevant")
+    run_training(out, "--stage", "dynamics", "--max_steps", "3", "--save_steps", "2",
+                 "--dynamics_loss_sources", "uniform", "relevant")
     return out
 
 
@@ -86,17 +59,16 @@ def test_dynamics_stage_writes_checkpoint_and_final(dynamics_run: Path) -> None:
     assert setup["global_batch_size"] == 4
 
 
-def test_agent_stage_from_backbone_and_reload(prepared: Path, dynamics_run: Path, tmp_path: Path) -> None:
+def test_agent_stage_from_backbone_and_reload(run_training, dynamics_run: Path, tmp_path: Path) -> None:
     from modeling_dreamer import DreamerAgentModel
 
-    metrics = run_train(prepared, tmp_path, "--stage", "agent", "--init_from", str(dynamics_run / "final"),
-                        "--max_steps", "2", "--save_steps", "1", "--bc_loss_sources", "uniform", "relevant")
+    metrics = run_training(tmp_path, "--stage", "agent", "--init_from", str(dynamics_run / "final"),
+                           "--max_steps", "2", "--save_steps", "1", "--bc_loss_sources", "uniform", "relevant")
     assert (tmp_path / "checkpoint-1" / "rms_state.safetensors").is_file()
     rms = load_file(str(tmp_path / "checkpoint-2" / "rms_state.safetensors"))
     assert set(rms) == {f"{t}.{b}" for t in ("dynamics", "reward", "bc") for b in ("ema_sq", "steps")}
     model = DreamerAgentModel.from_pretrained(tmp_path / "final")
     assert model.config.architectures == ["DreamerAgentModel"]
-    assert (tmp_path / "final" / "README.md").read_text().startswith("---")
     for key in ("eval/reward_auc", "eval/bc_top1/movement", "eval/twohot_clamped_share", "eval/dynamics_loss",
                 "eval/reward_mae/offset_3", "eval/bc_top1/movement/offset_3", "eval/bc_majority/movement"):
         assert key in metrics, key
@@ -108,134 +80,146 @@ def test_agent_stage_from_backbone_and_reload(prepared: Path, dynamics_run: Path
     assert setup["learning_rates"]["agent_no_decay"] == pytest.approx(0.003)
 
 
-def test_resume_continues_bitwise(prepared: Path, tmp_path: Path) -> None:
+def test_model_card_is_a_hub_card_without_local_paths(run_training, dynamics_run: Path, tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    metrics = run_training(tmp_path, "--stage", "agent", "--init_from", str(dynamics_run / "final"), "--max_steps", "1")
+    card = ModelCard.load(tmp_path / "final" / "README.md")
+    assert card.data.library_name == "transformers" and "dreamerv4" in card.data.tags
+    reported = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert reported["eval/reward_auc"] == pytest.approx(metrics["eval/reward_auc"], abs=1e-6)
+    text = (tmp_path / "final" / "README.md").read_text()
+    assert str(tmp_path) not in text and "/tmp" not in text and "github.com" not in text
+    assert "setup" not in text.lower().split("## held-out")[0].split("## training")[1]  # no internal fields
+
+
+def test_resume_continues_bitwise(run_training, tmp_path: Path) -> None:
     """4 steps straight == 2 steps, then resume from checkpoint-2 for 2 more (losses, weights, RMS state)."""
     common = ("--stage", "agent", "--max_steps", "4", "--save_steps", "2", "--eval_steps", "0",
               "--gradient_accumulation_steps", "2")
     straight = tmp_path / "straight"
-    run_train(prepared, straight, *common)
+    run_training(straight, *common)
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
     state = json.loads((resumed / "checkpoint-2" / "trainer_state.json").read_text())
-    assert state["batches_in_epoch"] > 0  # the resume point is inside an epoch
-    run_train(prepared, resumed, *common, "--resume_from_checkpoint", "latest")
+    assert state["draws_in_epoch"] > 0  # the resume point is inside an epoch
+    run_training(resumed, *common, "--resume_from_checkpoint", "latest")
 
-    a = load_file(str(straight / "final" / "model.safetensors"))
-    b = load_file(str(resumed / "final" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    rms_a = load_file(str(straight / "checkpoint-4" / "rms_state.safetensors"))
-    rms_b = load_file(str(resumed / "checkpoint-4" / "rms_state.safetensors"))
-    assert all(torch.equal(rms_a[k], rms_b[k]) for k in rms_a)
+    assert same_tensors(load_file(str(straight / "final" / "model.safetensors")),
+                        load_file(str(resumed / "final" / "model.safetensors")))
+    assert same_tensors(load_file(str(straight / "checkpoint-4" / "rms_state.safetensors")),
+                        load_file(str(resumed / "checkpoint-4" / "rms_state.safetensors")))
     steps_a, steps_b = step_records(straight / "metrics.jsonl"), step_records(resumed / "metrics.jsonl")
     assert steps_a[3] == steps_b[3] and steps_a[4] == steps_b[4]
     # And the run really learned something different from its start (the test can fail).
     start = load_file(str(straight / "checkpoint-2" / "model.safetensors"))
-    assert any(not torch.equal(start[k], a[k]) for k in a)
+    assert not same_tensors(start, load_file(str(straight / "final" / "model.safetensors")))
 
 
-def test_nonfinite_step_is_skipped_and_counted(prepared: Path, tmp_path: Path) -> None:
-    run_train(prepared, tmp_path, "--stage", "agent", "--max_steps", "3", "--save_steps", "1",
-              "--debug_nan_at_step", "1", "--eval_steps", "0")
+def optimizer_moments(checkpoint: Path) -> dict[int, torch.Tensor]:
+    return {i: s["exp_avg"] for i, s in torch.load(checkpoint / "optimizer.bin", weights_only=False)["state"].items()}
+
+
+@pytest.mark.parametrize("fault", ["--debug_nan_at_step", "--debug_inf_grad_at_step"])
+def test_nonfinite_step_is_skipped_and_counted(run_training, tmp_path: Path, fault: str) -> None:
+    """A NaN loss, or a finite loss whose gradients are not finite: the optimiser step is dropped (weights,
+    optimiser moments and normalisers untouched), counted, its NaN grad norm logged, and training goes on."""
+    run_training(tmp_path, "--stage", "agent", "--max_steps", "3", "--save_steps", "1", fault, "1", "--eval_steps", "0")
     before, after = tmp_path / "checkpoint-1", tmp_path / "checkpoint-2"
     for file in ("model.safetensors", "rms_state.safetensors"):
-        x, y = load_file(str(before / file)), load_file(str(after / file))
-        assert all(torch.equal(x[k], y[k]) for k in x), file
-    opt_before = torch.load(before / "optimizer.bin", weights_only=False)["state"]
-    opt_after = torch.load(after / "optimizer.bin", weights_only=False)["state"]
-    assert all(torch.equal(opt_before[i]["exp_avg"], opt_after[i]["exp_avg"]) for i in opt_before)
-    records = {r["step"]: r for r in read_jsonl(tmp_path / "metrics.jsonl") if "skipped_steps" in r}
-    assert records[1]["skipped_steps"] == 0 and records[2]["skipped_steps"] == 1 and records[3]["skipped_steps"] == 1
-    # Step 3 trains again.
-    z = load_file(str((tmp_path / "checkpoint-3") / "model.safetensors"))
-    y = load_file(str(after / "model.safetensors"))
-    assert any(not torch.equal(z[k], y[k]) for k in z)
+        assert same_tensors(load_file(str(before / file)), load_file(str(after / file))), file
+    moments_before, moments_after = optimizer_moments(before), optimizer_moments(after)
+    assert all(torch.equal(moments_before[i], moments_after[i]) for i in moments_before)
+    records = step_records(tmp_path / "metrics.jsonl")
+    assert [records[s]["skipped_steps"] for s in (1, 2, 3)] == [0, 1, 1]
+    if fault == "--debug_inf_grad_at_step":
+        assert records[2]["grad_norm"] != records[2]["grad_norm"]  # NaN is logged, not dropped
+    # Step 3 trains again, and the final weights are finite.
+    final = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert not same_tensors(final, load_file(str(after / "model.safetensors")))
+    assert all(torch.isfinite(v).all() for v in final.values())
 
 
-def test_frozen_backbone_is_bitwise_unchanged(prepared: Path, dynamics_run: Path, tmp_path: Path) -> None:
-    run_train(prepared, tmp_path, "--stage", "agent", "--init_from", str(dynamics_run / "final"),
-              "--freeze_backbone", "true", "--max_steps", "2", "--save_steps", "0", "--eval_steps", "0")
+def test_frozen_backbone_is_bitwise_unchanged(run_training, dynamics_run: Path, tmp_path: Path) -> None:
+    run_training(tmp_path, "--stage", "agent", "--init_from", str(dynamics_run / "final"),
+                 "--freeze_backbone", "true", "--max_steps", "2", "--save_steps", "0", "--eval_steps", "0")
     backbone = load_file(str(dynamics_run / "final" / "model.safetensors"))
     agent = load_file(str(tmp_path / "final" / "model.safetensors"))
     for name, tensor in backbone.items():
         assert torch.equal(agent[f"dreamer.{name}"], tensor), name
     setup = read_jsonl(tmp_path / "metrics.jsonl")[0]
     assert not any(g.startswith("backbone") for g in setup["learning_rates"])
-    records = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "step" in r and "loss/bc" in r]
+    records = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "loss/bc" in r]
     assert records and all("loss/dynamics" not in r for r in records)  # no dynamics gradient is computed
 
 
-# ---- compute_losses with a small real model: routing and the independent-frames ratio ----
+# ---- one micro-batch through the stages, with a small real model ----
 
-def small_agent_and_batch(batch_size: int, frames: int) -> tuple[torch.nn.Module, dict]:
-    from modeling_dreamer import DreamerAgentModel, DreamerConfig
-
-    config = DreamerConfig.from_preset("tiny", latent_channels=2, latent_height=2, latent_width=2,
-                                       **json.loads(TINY_MODEL))
-    torch.manual_seed(0)
-    model = DreamerAgentModel(config)
+def random_batch(model, batch_size: int, frames: int, sources: list[int]) -> dict:
+    config = model.config
+    shape = (config.latent_channels, config.latent_height, config.latent_width)
     batch = {
-        "latents": torch.randn(batch_size, frames, 2, 2, 2).half(),
+        "latents": torch.randn(batch_size, frames, *shape).half(),
         "reward": torch.zeros(batch_size, frames),
         "has_action": torch.ones(batch_size, frames, dtype=torch.bool),
-        "source": torch.tensor([0, 1] * (batch_size // 2)),
+        "source": torch.tensor(sources),
     }
     for name, spec in config.action_space.items():
         batch[name] = (torch.randint(0, spec["n"], (batch_size, frames)) if spec["type"] == "categorical"
                        else torch.rand(batch_size, frames) < 0.5)
-    return model, batch
+    return batch
 
 
-def test_loss_routing_by_draw_source() -> None:
-    model, batch = small_agent_and_batch(2, 5)
+def test_loss_routing_by_draw_source(make_stage) -> None:
+    stage, model = make_stage(AgentStage, "--bc_loss_sources", "relevant",
+                                    "--reward_loss_sources", "uniform", "--dynamics_loss_sources", "uniform")
+    batch = random_batch(model, 2, 5, sources=[0, 1])
     batch["has_action"][1, 2] = False  # one unlabeled action in the relevant example
-    args = DreamerTrainingArguments(bc_loss_sources=["relevant"], reward_loss_sources=["uniform"],
-                                    dynamics_loss_sources=["uniform"])
-    losses, counts, _ = train.compute_losses(
-        model, model, batch, stage="agent", args=args, data_args=DataArguments(), config=model.config,
-        bins=model.reward_bins(), generator=torch.Generator().manual_seed(0), train_dynamics=True)
+    result = stage.compute_losses(model, batch, torch.Generator().manual_seed(0), model)
     horizon = model.config.mtp_length
     # Targets (t, n) with t + n < 5 in one example: sum over n of (5 - n).
     per_example = sum(5 - n for n in range(horizon + 1))
-    assert int(counts["reward"]) == per_example  # the uniform example only
+    assert int(result.counts["reward"]) == per_example  # the uniform example only
     # BC on the relevant example, minus the targets that point at its unlabeled frame 2 (one per offset n <= 2).
-    assert int(counts["bc"]) == per_example - (min(horizon, 2) + 1)
-    assert int(counts["dynamics"]) == 5  # frames of the uniform example
-    assert set(losses) == {"dynamics", "reward", "bc"}
+    assert int(result.counts["bc"]) == per_example - (min(horizon, 2) + 1)
+    assert int(result.counts["dynamics"]) == 5  # frames of the uniform example
+    assert set(result.losses) == set(stage.loss_terms) == {"dynamics", "reward", "bc"}
 
 
-def test_independent_frames_share_matches_ratio() -> None:
+def test_examples_outside_the_dynamics_loss_are_observed_at_the_context_level(make_stage) -> None:
+    stage, model = make_stage(AgentStage, "--dynamics_loss_sources", "uniform",
+                                    "--context_signal_level", "0.75")
+    batch = random_batch(model, 4, 6, sources=[0, 1, 0, 1])
+    noised = stage.noised_batch(batch, torch.Generator().manual_seed(3))
+    relevant = torch.tensor([False, True, False, True])
+    assert torch.all(noised.tau[relevant] == 0.75)
+    assert torch.all(noised.step_size[relevant] == 1.0 / model.config.k_max)
+    assert torch.equal(noised.dynamics_mask.any(dim=1), ~relevant)
+    k_max = model.config.k_max  # uniform examples: the shortcut grid, tau a multiple of d below 1
+    assert torch.all((noised.tau[~relevant] * k_max).round() == noised.tau[~relevant] * k_max)
+    assert torch.all(noised.tau[~relevant] < 1)
+
+
+def test_independent_frames_share_matches_ratio(make_stage) -> None:
     """The share of examples run in independent-frame mode is the configured ratio (code review item 11)."""
-    seen: list[torch.Tensor] = []
+    from training.loop import step_generator
 
-    class Spy(torch.nn.Module):
-        def __init__(self, record: bool) -> None:
-            super().__init__()
-            self.record = record
-
-        def forward(self, latents, signal_level, step_size=None, **kwargs):  # noqa: ANN001
-            if self.record:
-                seen.append(kwargs["independent_frames"].clone())
-            return type("Out", (), {"latent_pred": latents.float()})()
-
-    batch = {"latents": torch.zeros(8, 3, 1, 1, 1), "has_action": torch.ones(8, 3, dtype=torch.bool),
-             "source": torch.zeros(8, dtype=torch.long), "movement": torch.zeros(8, 3, dtype=torch.long)}
-    config = type("C", (), {"k_max": 4, "action_space": {"movement": {"type": "categorical", "n": 18}}})()
-    args = DreamerTrainingArguments(stage="dynamics")
-    for step in range(250):
-        train.compute_losses(Spy(record=True), Spy(record=False), batch, stage="dynamics", args=args,
-                             data_args=DataArguments(independent_frames_ratio=0.3), config=config, bins=None,
-                             generator=train.step_generator(0, step, 0, 0), train_dynamics=True)
-    flags = torch.stack(seen).float()
-    share = float(flags.mean())
+    stage, model = make_stage(DynamicsStage, "--independent_frames_ratio", "0.3")
+    batch = random_batch(model, 8, 3, sources=[0] * 8)
+    flags = torch.stack([
+        stage.noised_batch(batch, step_generator(0, step, 0, 0, torch.device("cpu"))).inputs["independent_frames"]
+        for step in range(250)
+    ]).float()
     assert flags.shape == (250, 8)
-    assert abs(share - 0.3) < 0.03, share  # 2000 Bernoulli(0.3) draws: std 0.01
+    assert abs(float(flags.mean()) - 0.3) < 0.03, float(flags.mean())  # 2000 Bernoulli(0.3) draws: std 0.01
 
 
 def test_world_size_mismatch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.loop import check_world_size
+
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU=1"):
-        train.check_world_size(1)
+        check_world_size(1)
     monkeypatch.setenv("WORLD_SIZE", "1")
-    train.check_world_size(1)
+    check_world_size(1)

@@ -12,22 +12,17 @@ import pytest
 import torch
 from torch import nn
 
-from training.arguments import parse_arguments, recipe_to_argv
+from training.arguments import DreamerTrainingArguments, parse_arguments, recipe_to_argv
 from training.checkpointing import (
+    RunError,
     TrainerState,
     finalize_checkpoint,
     list_checkpoints,
     prune_checkpoints,
     resolve_checkpoint,
-    temporary_checkpoint_dir,
 )
 from training.metrics import majority_rate, masked_mean, roc_auc
-from training.optim import (
-    GroupScales,
-    build_param_groups,
-    choose_mixed_precision,
-    lr_multiplier,
-)
+from training.optim import GroupScales, build_param_groups, build_scheduler, choose_mixed_precision
 
 
 # ---- mixed precision by device (code review item 12) ----
@@ -57,48 +52,42 @@ def test_mixed_precision_refuses_what_cannot_work(requested: str, device: str, b
 
 # ---- parameter groups (code review item 13) ----
 
-class TinyAgent(nn.Module):
-    """Mimics DreamerAgentModel's top-level layout: a backbone, agent tokens, heads."""
+def tiny_agent() -> nn.Module:
+    from modeling_dreamer import DreamerAgentModel, DreamerConfig
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.dreamer = nn.ModuleDict({"proj": nn.Linear(4, 4), "norm": nn.LayerNorm(4), "embed": nn.Embedding(3, 4)})
-        self.agent_tokens = nn.Parameter(torch.zeros(1, 4))
-        self.agent_task_embed = nn.Embedding(2, 4)
-        self.reward_head = nn.Linear(4, 5)
-        self.policy_head = nn.Linear(4, 3)
-        self.value_head = nn.Linear(4, 5)
-
-    module_roles = {"agent_tokens": "agent", "agent_task_embed": "agent", "reward_head": "heads",
-                    "policy_head": "heads", "value_head": "heads"}
-
-    def parameter_role(self, name: str) -> str:
-        return self.module_roles.get(name.split(".", 1)[0], "backbone")
+    config = DreamerConfig(latent_channels=2, latent_height=2, latent_width=2, hidden_size=16, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, time_every=2, num_register_tokens=1, k_max=4,
+                           mtp_length=1, num_bins=5, head_layers=1, action_space={"a": {"type": "binary"}})
+    return DreamerAgentModel(config)
 
 
 def test_param_groups_carry_scaled_lrs_and_decay_rules() -> None:
-    model = TinyAgent()
+    model = tiny_agent()
     model.value_head.requires_grad_(False)
     groups = build_param_groups(model, 1e-3, 0.1, GroupScales(backbone=0.1, agent=2.0, heads=0.5))
     by_name = {g["name"]: g for g in groups}
     assert set(by_name) == {"backbone", "backbone_no_decay", "agent_no_decay", "heads", "heads_no_decay"}
-    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
-    assert ids(by_name["backbone"]["params"]) == {id(model.dreamer["proj"].weight)}
-    assert ids(by_name["backbone_no_decay"]["params"]) == ids(
-        [model.dreamer["proj"].bias, model.dreamer["norm"].weight, model.dreamer["norm"].bias, model.dreamer["embed"].weight])
-    assert ids(by_name["agent_no_decay"]["params"]) == ids([model.agent_tokens, model.agent_task_embed.weight])
-    assert ids(by_name["heads"]["params"]) == ids([model.reward_head.weight, model.policy_head.weight])
+    names = {id(p): n for n, p in model.named_parameters()}
+    members = {key: {names[id(p)] for p in group["params"]} for key, group in by_name.items()}
+    linear_weights = {f"{m}.weight" for m, module in model.named_modules() if isinstance(module, nn.Linear)}
+    # Decay exactly on the weight matrices of linear layers; roles by top-level module.
+    assert members["backbone"] == {n for n in linear_weights if n.startswith("dreamer.")}
+    assert "dreamer.embeddings.registers" in members["backbone_no_decay"]
+    assert "dreamer.layers.0.attn_norm.weight" in members["backbone_no_decay"]
+    assert members["agent_no_decay"] == {"agent_tokens.task_embed.weight", "agent_tokens.slots", "agent_norm.weight"}
+    assert members["heads"] == {n for n in linear_weights if n.startswith(("reward_head.", "policy_head."))}
+    assert not any(n.startswith("value_head.") for m in members.values() for n in m)  # frozen: in no group
     assert math.isclose(by_name["backbone"]["lr"], 1e-4)
     assert math.isclose(by_name["agent_no_decay"]["lr"], 2e-3)
     assert math.isclose(by_name["heads"]["lr"], 5e-4)
     assert by_name["backbone"]["weight_decay"] == 0.1 and by_name["heads_no_decay"]["weight_decay"] == 0.0
-    # Frozen parameters are in no group; every trainable parameter is in exactly one.
+    # Every trainable parameter is in exactly one group.
     grouped = [id(p) for g in groups for p in g["params"]]
     assert len(grouped) == len(set(grouped)) == sum(1 for p in model.parameters() if p.requires_grad)
 
 
 def test_param_groups_survive_adamw() -> None:
-    model = TinyAgent()
+    model = tiny_agent()
     groups = build_param_groups(model, 1e-3, 0.1, GroupScales(backbone=0.1))
     optimizer = torch.optim.AdamW(groups, lr=1.0)
     assert {g["name"]: g["lr"] for g in optimizer.param_groups}["backbone"] == pytest.approx(1e-4)
@@ -112,28 +101,46 @@ def test_parameter_roles() -> None:
     assert DreamerAgentModel.parameter_role("reward_head.out.weight") == "heads"
 
 
-# ---- learning-rate schedule ----
+# ---- learning-rate schedule (transformers.get_scheduler) ----
 
-def test_warmup_then_cosine() -> None:
-    assert lr_multiplier(0, "cosine", 4, 104) == pytest.approx(0.25)
-    assert lr_multiplier(3, "cosine", 4, 104) == pytest.approx(1.0)
-    assert lr_multiplier(4, "cosine", 4, 104) == pytest.approx(1.0)
-    assert lr_multiplier(54, "cosine", 4, 104) == pytest.approx(0.5)  # half-way through the decay
-    assert lr_multiplier(104, "cosine", 4, 104) == pytest.approx(0.0, abs=1e-12)
-    assert lr_multiplier(50, "constant", 4, 104) == 1.0
-    assert lr_multiplier(54, "linear", 4, 104) == pytest.approx(0.5)
+def lr_after(schedule: str, warmup: int, total: int, steps: int, **kwargs) -> float:
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [parameter], "lr": 2.0}])
+    scheduler = build_scheduler(optimizer, schedule, warmup, total, kwargs)
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+    return optimizer.param_groups[0]["lr"] / 2.0
+
+
+def test_schedules_follow_training_arguments_semantics() -> None:
+    """TrainingArguments' meaning: linear warm-up from 0 over warmup_steps, then the schedule to 0 at the end."""
+    assert lr_after("cosine", 4, 104, 0) == pytest.approx(0.0)
+    assert lr_after("cosine", 4, 104, 1) == pytest.approx(0.25)
+    assert lr_after("cosine", 4, 104, 4) == pytest.approx(1.0)
+    assert lr_after("cosine", 4, 104, 54) == pytest.approx(0.5)  # half-way through the decay: (1 + cos(pi/2)) / 2
+    assert lr_after("cosine", 4, 104, 104) == pytest.approx(0.0, abs=1e-12)
+    assert lr_after("linear", 4, 104, 54) == pytest.approx(0.5)
+    assert lr_after("constant_with_warmup", 4, 104, 2) == pytest.approx(0.5)
+    assert lr_after("constant", 0, 104, 50) == 1.0
+    assert lr_after("cosine_with_min_lr", 0, 100, 100, min_lr_rate=0.1) == pytest.approx(0.1)
+
+
+def test_constant_schedule_with_warmup_is_refused_not_ignored() -> None:
+    with pytest.raises(ValueError, match="constant_with_warmup"):
+        DreamerTrainingArguments(lr_scheduler_type="constant", warmup_steps=10)
     with pytest.raises(ValueError, match="lr_scheduler_type"):
-        lr_multiplier(10, "polynomial", 0, 10)
+        DreamerTrainingArguments(lr_scheduler_type="reduce_lr_on_plateau")
 
 
 # ---- checkpoints ----
 
 def test_checkpoint_listing_resolution_and_pruning(tmp_path: Path) -> None:
     for step in (5, 20, 10):
-        tmp, final = temporary_checkpoint_dir(tmp_path, step)
+        tmp = tmp_path / f"checkpoint-{step}.tmp"
         tmp.mkdir()
         TrainerState(global_step=step).save(tmp)
-        finalize_checkpoint(tmp, final)
+        finalize_checkpoint(tmp, tmp_path / f"checkpoint-{step}")
     (tmp_path / "checkpoint-30.tmp").mkdir()  # an interrupted write is never picked
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-5", "checkpoint-10", "checkpoint-20"]
     assert resolve_checkpoint(tmp_path, "latest").name == "checkpoint-20"
@@ -142,12 +149,19 @@ def test_checkpoint_listing_resolution_and_pruning(tmp_path: Path) -> None:
     deleted = prune_checkpoints(tmp_path, keep=2)
     assert [p.name for p in deleted] == ["checkpoint-5"]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-20"]
-    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+    with pytest.raises(RunError, match="not a checkpoint folder"):
         resolve_checkpoint(tmp_path, str(tmp_path / "checkpoint-30.tmp"))
 
 
-def test_latest_without_checkpoints_starts_fresh(tmp_path: Path) -> None:
-    assert resolve_checkpoint(tmp_path / "missing", "latest") is None
+def test_latest_without_checkpoints_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="no checkpoint in"):
+        resolve_checkpoint(tmp_path / "missing", "latest")
+
+
+def test_corrupt_trainer_state_is_named(tmp_path: Path) -> None:
+    (tmp_path / "trainer_state.json").write_text('{"global_step": 3, "epo')
+    with pytest.raises(RunError, match="trainer_state.json: corrupt"):
+        TrainerState.load(tmp_path)
 
 
 # ---- metrics ----
@@ -169,27 +183,37 @@ def test_masked_mean_and_majority() -> None:
     assert majority_rate(np.array([2, 2, 1, 7, 2]), np.array([True, True, True, True, False])) == 0.5
 
 
-# ---- recipes ----
+# ---- recipes and arguments ----
 
 def test_recipe_then_command_line_overrides(tmp_path: Path) -> None:
+    from training.stages import STAGES
+    from training.stages.agent import AgentArguments
+
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "dataset_path: /data/x\nstage: agent\nlearning_rate: 0.001\nbc_loss_sources: [uniform, relevant]\n"
         "model_overrides: {hidden_size: 64}\nfreeze_backbone: true\n"
     )
-    model_args, data_args, train_args = parse_arguments(["--config", str(recipe), "--learning_rate", "0.01"])
-    assert data_args.dataset_path == "/data/x"
-    assert train_args.learning_rate == 0.01  # the command line wins
-    assert train_args.bc_loss_sources == ["uniform", "relevant"]
-    assert model_args.overrides() == {"hidden_size": 64}
-    assert model_args.freeze_backbone is True
+    args = parse_arguments(["--config", str(recipe), "--learning_rate", "0.01"], STAGES)
+    assert args.data.dataset_path == "/data/x"
+    assert args.training.learning_rate == 0.01  # the command line wins
+    assert args.of(AgentArguments).bc_loss_sources == ["uniform", "relevant"]
+    assert args.model.overrides() == {"hidden_size": 64}
+    assert args.of(AgentArguments).freeze_backbone is True
     assert recipe_to_argv({"a": [1, 2], "b": None, "c": {"x": 1}}) == ["--a", "1", "2", "--c", json.dumps({"x": 1})]
 
 
 def test_bad_arguments_are_refused(tmp_path: Path) -> None:
+    from training.stages import STAGES
+
     with pytest.raises(ValueError, match="bc_loss_sources: unknown draw source .everything."):
-        parse_arguments(["--dataset_path", "x", "--bc_loss_sources", "everything"])
-    with pytest.raises(ValueError, match="stage"):
-        parse_arguments(["--dataset_path", "x", "--stage", "imagination"])
+        parse_arguments(["--dataset_path", "x", "--bc_loss_sources", "everything"], STAGES)
+    with pytest.raises(SystemExit, match="unknown stage"):
+        parse_arguments(["--dataset_path", "x", "--stage", "imaginary"], STAGES)
     with pytest.raises(SystemExit, match="no such file"):
-        parse_arguments(["--config", str(tmp_path / "missing.yaml")])
+        parse_arguments(["--config", str(tmp_path / "missing.yaml")], STAGES)
+    # An argument of another stage is refused, not silently ignored.
+    with pytest.raises(SystemExit, match="--bc_loss_sources does not apply to stage 'dynamics'"):
+        parse_arguments(["--dataset_path", "x", "--stage", "dynamics", "--bc_loss_sources", "uniform"], STAGES)
+    with pytest.raises(ValueError, match="model_overrides is not valid JSON"):
+        parse_arguments(["--dataset_path", "x", "--model_overrides", "{hidden: 3"], STAGES).model.overrides()

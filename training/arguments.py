@@ -1,19 +1,35 @@
 """Typed arguments of `train.py`, parsed by `transformers.HfArgumentParser` from a YAML recipe plus
 command-line overrides (`--key value`, later wins).
 
+Three dataclasses are common to every stage (`ModelArguments`, `DataArguments`,
+`DreamerTrainingArguments`); each stage may add its own dataclass of knobs (`Stage.arguments_classes`).
 Arguments that `transformers.TrainingArguments` also has keep its names and meaning; the others are
-named for what they are.
+named for what they are. An argument that the chosen stage does not read is refused, not ignored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from data.sampler import DrawSource
+T = TypeVar("T")
 
+# `lr_scheduler_type` values: transformers.get_scheduler's schedules that need no metric feedback.
+SCHEDULES = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+)
 
 
 @dataclass
@@ -23,31 +39,25 @@ class ModelArguments:
     preset: str = field(default="tiny", metadata={"help": "DreamerConfig preset: tiny | small | medium | large."})
     init_from: str | None = field(
         default=None,
-        metadata={"help": "A save_pretrained folder to start from: a DreamerModel (phase-1 backbone, grown into an "
-                  "agent in stage `agent`) or a DreamerAgentModel. None trains from scratch."},
+        metadata={"help": "A save_pretrained folder to start from (what it must hold depends on the stage: see "
+                  "docs/training.md). None trains from scratch."},
     )
     model_overrides: str | None = field(
         default=None,
         metadata={"help": "JSON object of DreamerConfig fields overriding the preset (in YAML: a mapping)."},
     )
-    attn_implementation: str | None = field(default=None, metadata={"help": "eager | sdpa | flex_attention (sdpa is used only where no logit soft cap applies, see docs/model.md)"})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager | sdpa | flex_attention; None: the model's default (docs/model.md)."}
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
-    freeze_backbone: bool = field(
-        default=False,
-        metadata={"help": "Stage `agent`: keep the pretrained dynamics transformer fixed; only agent tokens and heads "
-                  "train, and the dynamics loss is logged but not optimised."},
-    )
-    bins_low: float | None = field(
-        default=None, metadata={"help": "Twohot range low end (symlog space). None: the dataset's recommendation."}
-    )
-    bins_high: float | None = field(
-        default=None, metadata={"help": "Twohot range high end (symlog space). None: the dataset's recommendation."}
-    )
 
     def overrides(self) -> dict[str, Any]:
         if not self.model_overrides:
             return {}
-        parsed = json.loads(self.model_overrides)
+        try:
+            parsed = json.loads(self.model_overrides)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"model_overrides is not valid JSON ({error}): {self.model_overrides!r}") from None
         if not isinstance(parsed, dict):
             raise ValueError(f"model_overrides must be a JSON object, got {self.model_overrides!r}")
         return parsed
@@ -63,19 +73,21 @@ class DataArguments:
     relevant_fraction: float = field(
         default=0.5, metadata={"help": "Probability that a draw is a window containing a nonzero reward."}
     )
-    independent_frames_ratio: float = field(
-        default=0.3, metadata={"help": "Share of examples whose frames are treated as separate images."}
-    )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader workers (0 is fastest on 2 cores)."})
     max_eval_windows: int | None = field(default=None, metadata={"help": "Cap on validation windows per evaluation."})
 
 
 @dataclass
 class DreamerTrainingArguments:
-    """The optimisation, logging and checkpointing of one run."""
+    """The optimisation, logging and checkpointing of one run, whatever the stage."""
 
     output_dir: str = field(default="runs/dreamer", metadata={"help": "Checkpoints, metrics and final model go here."})
-    stage: str = field(default="agent", metadata={"help": "dynamics (phase 1) | agent (phase 2)."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start a new run in a non-empty output_dir, deleting the old run's checkpoints, final model "
+                  "and metrics. Without it a non-empty output_dir is refused unless the run resumes."},
+    )
+    stage: str = field(default="agent", metadata={"help": "Which stage to train (see docs/training.md)."})
     max_steps: int = field(default=-1, metadata={"help": "Optimiser steps; overrides num_train_epochs when > 0."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs of the mixture sampler (see docs/data.md)."})
     per_device_train_batch_size: int = 8
@@ -87,30 +99,14 @@ class DreamerTrainingArguments:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     warmup_steps: int = 0
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "cosine | constant | linear."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": " | ".join(SCHEDULES) + " (transformers.get_scheduler)."})
+    lr_scheduler_kwargs: str | None = field(
+        default=None, metadata={"help": "JSON object of extra schedule arguments (e.g. min_lr_rate for cosine_with_min_lr)."}
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 disables it."})
-    backbone_lr_scale: float = field(
-        default=0.3, metadata={"help": "Stage agent: LR multiplier of the pretrained dynamics transformer."}
-    )
-    agent_lr_scale: float = field(default=1.0, metadata={"help": "LR multiplier of the new agent tokens."})
-    head_lr_scale: float = field(default=1.0, metadata={"help": "LR multiplier of the reward / policy heads."})
     rms_decay: float = field(default=0.99, metadata={"help": "EMA decay of the running-RMS loss normalisers."})
-    dynamics_loss_sources: list[str] = field(
-        default_factory=lambda: ["uniform"], metadata={"help": "Draw sources whose examples get the dynamics loss."}
-    )
-    reward_loss_sources: list[str] = field(
-        default_factory=lambda: ["uniform", "relevant"], metadata={"help": "Sources that get the reward loss."}
-    )
-    bc_loss_sources: list[str] = field(
-        default_factory=lambda: ["relevant"], metadata={"help": "Sources that get the behaviour-cloning loss."}
-    )
-    context_signal_level: float = field(
-        default=0.9,
-        metadata={"help": "Signal level at which the agent observes frames at inference (the paper's slightly "
-                  "corrupted context): used for evaluation, and in stage `agent` for the examples that are not "
-                  "routed to the dynamics loss."},
-    )
     mixed_precision: str = field(default="auto", metadata={"help": "auto | no | bf16 | fp16 (auto: by device)."})
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (Inductor)."})
     logging_steps: int = 10
     eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps; 0: only at the end."})
     save_steps: int = field(default=500, metadata={"help": "Checkpoint every N steps; 0: only at the end."})
@@ -123,7 +119,9 @@ class DreamerTrainingArguments:
     debug_nan_at_step: int | None = field(
         default=None, metadata={"help": "Testing aid: corrupt the batch of this optimiser step with NaN."}
     )
-
+    debug_inf_grad_at_step: int | None = field(
+        default=None, metadata={"help": "Testing aid: scale this optimiser step's loss so that its gradients overflow."}
+    )
     debug_dump_rank_state: bool = field(
         default=False,
         metadata={"help": "Testing aid: each process writes rank_state_<rank>.json (weights checksum, normaliser "
@@ -131,22 +129,53 @@ class DreamerTrainingArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.stage not in ("dynamics", "agent"):
-            raise ValueError(f"stage must be 'dynamics' or 'agent', got {self.stage!r}")
-        for name in ("dynamics_loss_sources", "reward_loss_sources", "bc_loss_sources"):
-            for source in getattr(self, name):
-                try:
-                    DrawSource.parse(source)
-                except ValueError as error:
-                    raise ValueError(f"{name}: {error}") from None
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto | no | bf16 | fp16, got {self.mixed_precision!r}")
+        if self.lr_scheduler_type not in SCHEDULES:
+            raise ValueError(f"lr_scheduler_type must be one of {' | '.join(SCHEDULES)}, got {self.lr_scheduler_type!r}")
+        if self.lr_scheduler_type == "constant" and self.warmup_steps > 0:
+            # transformers' `constant` schedule has no warm-up and would silently drop it.
+            raise ValueError("lr_scheduler_type=constant ignores warmup_steps; use constant_with_warmup")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        if not self.lr_scheduler_kwargs:
+            return {}
+        parsed = json.loads(self.lr_scheduler_kwargs)
+        if not isinstance(parsed, dict):
+            raise ValueError(f"lr_scheduler_kwargs must be a JSON object, got {self.lr_scheduler_kwargs!r}")
+        return parsed
+
+
+@dataclass
+class RunArguments:
+    """Everything `train.py` parsed: the common dataclasses and the stage's own (by type)."""
+
+    model: ModelArguments
+    data: DataArguments
+    training: DreamerTrainingArguments
+    stage_arguments: dict[type, Any] = field(default_factory=dict)
+
+    def of(self, cls: type[T]) -> T:
+        """The parsed instance of a stage's arguments dataclass."""
+        return self.stage_arguments[cls]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every argument by name (flat, as on the command line)."""
+        values: dict[str, Any] = {}
+        for instance in (self.model, self.data, self.training, *self.stage_arguments.values()):
+            values.update(dataclasses.asdict(instance))
+        return values
 
 
 def recipe_to_argv(recipe: dict[str, Any]) -> list[str]:
     """Turn a YAML recipe mapping into `--key value` tokens for HfArgumentParser.
 
-    A nested mapping (only `model_overrides`) becomes a JSON string; a list becomes several values.
+    A nested mapping (`model_overrides`, `lr_scheduler_kwargs`) becomes a JSON string; a list becomes
+    several values.
     """
     argv: list[str] = []
     for key, value in recipe.items():
@@ -162,36 +191,53 @@ def recipe_to_argv(recipe: dict[str, Any]) -> list[str]:
     return argv
 
 
-def parse_arguments(
-    argv: list[str] | None = None,
-) -> tuple[ModelArguments, DataArguments, DreamerTrainingArguments]:
-    """`--config recipe.yaml` (optional) then any `--key value` overrides."""
-    import sys
-
+def _read_recipe(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split `--config recipe.yaml` out of argv: (recipe tokens, remaining argv)."""
     import yaml
+
+    if "--config" not in argv:
+        return [], argv
+    at = argv.index("--config")
+    if at + 1 >= len(argv):
+        raise SystemExit("--config needs a YAML file")
+    path = Path(argv[at + 1])
+    if not path.is_file():
+        raise SystemExit(f"--config {path}: no such file")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SystemExit(f"--config {path}: not valid YAML ({error})") from None
+    if not isinstance(recipe, dict):
+        raise SystemExit(f"--config {path}: expected a mapping of argument names to values")
+    return recipe_to_argv(recipe), argv[:at] + argv[at + 2 :]
+
+
+def parse_arguments(argv: list[str] | None, stages: dict[str, Any]) -> RunArguments:
+    """`--config recipe.yaml` (optional) then any `--key value` overrides, for the stages in `stages`
+    (name -> Stage class). Refuses an unknown stage and any argument the chosen stage does not read."""
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    recipe_argv: list[str] = []
-    if "--config" in argv:
-        at = argv.index("--config")
-        if at + 1 >= len(argv):
-            raise SystemExit("--config needs a YAML file")
-        path = Path(argv[at + 1])
-        if not path.is_file():
-            raise SystemExit(f"--config {path}: no such file")
-        recipe = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(recipe, dict):
-            raise SystemExit(f"--config {path}: expected a mapping of argument names to values")
-        recipe_argv = recipe_to_argv(recipe)
-        del argv[at : at + 2]
-    parser = HfArgumentParser((ModelArguments, DataArguments, DreamerTrainingArguments))
+    recipe_argv, argv = _read_recipe(argv)
+    stage_classes: list[type] = []
+    for stage in stages.values():
+        stage_classes += [cls for cls in stage.arguments_classes if cls not in stage_classes]
+    parser = HfArgumentParser((ModelArguments, DataArguments, DreamerTrainingArguments, *stage_classes))
     parser.description = (
-        "Train a Dreamer world model (--stage dynamics) or finetune it into an agent (--stage agent). "
-        "--config recipe.yaml reads arguments from a YAML mapping; --key value overrides follow it. "
-        "See docs/training.md."
+        f"Train a Dreamer world model or agent; --stage is one of {sorted(stages)}. --config recipe.yaml reads "
+        "arguments from a YAML mapping; --key value overrides follow it. See docs/training.md."
     )
-    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=recipe_argv + argv)
-    if not data_args.dataset_path:
+    model, data, training, *extra = parser.parse_args_into_dataclasses(args=recipe_argv + argv)
+    if training.stage not in stages:
+        raise SystemExit(f"--stage {training.stage!r}: unknown stage; choose one of {sorted(stages)}")
+    if not data.dataset_path:
         raise SystemExit("dataset_path is required (the folder written by `python -m data.prepare`)")
-    return model_args, data_args, train_args
+    used = stages[training.stage].arguments_classes
+    for instance in extra:
+        if type(instance) in used:
+            continue
+        for item in dataclasses.fields(instance):
+            default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+            if getattr(instance, item.name) != default:
+                raise SystemExit(f"--{item.name} does not apply to stage {training.stage!r}; remove it")
+    return RunArguments(model, data, training, {type(x): x for x in extra if type(x) in used})

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
 
 @dataclass(frozen=True)
 class GroupScales:
@@ -62,28 +62,16 @@ def build_param_groups(model: nn.Module, learning_rate: float, weight_decay: flo
     return groups
 
 
-def lr_multiplier(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
-    """Multiplier of each group's base LR after `step` optimiser steps: linear warm-up, then the schedule."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return 1.0 - progress
-    raise ValueError(f"lr_scheduler_type must be cosine | constant | linear, got {schedule!r}")
-
-
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    lr_multiplier(0, schedule, warmup_steps, total_steps)  # validate the name early
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, schedule, warmup_steps, total_steps)
-    )
+    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int,
+    schedule_kwargs: dict | None = None,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """`transformers.get_scheduler`: the schedules and warm-up of `TrainingArguments`, stepped once per
+    optimiser step (every group keeps its own base learning rate)."""
+    from transformers import get_scheduler
+
+    return get_scheduler(schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
+                         scheduler_specific_kwargs=schedule_kwargs or None)
 
 
 def choose_mixed_precision(requested: str, device_type: str, cuda_bf16_supported: bool) -> str:
@@ -91,7 +79,7 @@ def choose_mixed_precision(requested: str, device_type: str, cuda_bf16_supported
 
     `auto`: bf16 on CUDA devices that support it, fp16 (with loss scaling) on older CUDA devices, `no` on MPS
     and CPU (bf16 on CPU has no fast kernels here and fp16 autocast is silently ignored there; fp16 with a
-    GradScaler on MPS is unreliable, code review item 12). An explicit request is honoured where it works and
+    GradScaler on MPS is unreliable). An explicit request is honoured where it works and
     refused with a reason where it cannot.
     """
     if requested == "auto":

@@ -1,0 +1,478 @@
+"""The one training loop (Accelerate). It runs any `training.stages.Stage` and knows nothing stage-specific.
+
+    train(stage, args)
+
+reads top to bottom: Accelerator -> run folder (lock, resume checks) -> data -> model, optimiser groups,
+schedule, loss normalisers -> prepare -> resume -> steps (losses from the stage, non-finite guard, RMS
+normalisation, backward, clip, step; logging, evaluation, checkpoints) -> final model and card.
+See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.arguments import DreamerTrainingArguments, RunArguments
+from training.checkpointing import (
+    RMS_STATE_FILE,
+    RunError,
+    RunLock,
+    TrainerState,
+    check_resume,
+    check_resume_data,
+    find_unreadable_file,
+    finalize_checkpoint,
+    prepare_output_dir,
+    prune_checkpoints,
+    resolve_checkpoint,
+)
+from training.optim import build_param_groups, build_scheduler, choose_mixed_precision
+from training.reporting import MetricsLog, dump_rank_state, write_model_card
+from training.stages.base import Stage
+
+
+def train(stage: Stage, args: RunArguments) -> dict[str, float]:
+    """Run `stage` as `args` say; returns the final held-out metrics (empty without validation data)."""
+    accelerator, mixed_precision = make_accelerator(args.training)
+    lock = RunLock(Path(args.training.output_dir))
+    try:
+        return run(stage, args, accelerator, mixed_precision, lock)
+    finally:
+        lock.release()
+
+
+def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str, lock: RunLock) -> dict[str, float]:
+    """The body of `train`, with the Accelerator made and the run folder's lock (not yet taken) in hand."""
+    from accelerate.utils import broadcast_object_list, set_seed
+    from tqdm.auto import tqdm
+
+    from modeling_dreamer.objectives import LossNormalizer
+
+    t = args.training
+    output_dir = Path(t.output_dir)
+
+    # ---- Run folder: lock, resume point, checks that need no weights (main process decides) ----
+    problem: list[Any] = [None]
+    saved: TrainerState | None = None
+    if accelerator.is_main_process:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            checkpoint = resolve_checkpoint(output_dir, t.resume_from_checkpoint)
+            prepare_output_dir(output_dir, checkpoint, t.overwrite_output_dir)
+            if checkpoint is not None:
+                saved = TrainerState.load(checkpoint)
+                check_resume(saved, checkpoint, stage.name, args.as_dict())
+            problem = [str(checkpoint) if checkpoint else None]
+        except (RunError, OSError) as error:
+            problem = [RunError(str(error))]
+    broadcast_object_list(problem)  # every process stops, or continues from the same checkpoint
+    if isinstance(problem[0], Exception):
+        raise problem[0]
+    checkpoint = Path(problem[0]) if problem[0] else None
+    saved = TrainerState.load(checkpoint) if checkpoint else None
+    set_seed(t.seed)
+
+    # ---- Data: windows of the prepared dataset, drawn by the reward-mixture sampler ----
+    data = load_data(args, accelerator.num_processes)
+    if saved is not None:
+        check_resume_data(saved, checkpoint, data.description)
+
+    # ---- Model, optimiser groups, schedule, loss normalisers ----
+    model, origin = stage.build_model(data.schema)
+    stage.configure_trainable(model)
+    if args.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    param_groups = build_param_groups(model, t.learning_rate, t.weight_decay, stage.lr_scales())
+    optimizer = torch.optim.AdamW(param_groups, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * data.steps_per_epoch(t))
+    scheduler = build_scheduler(optimizer, t.lr_scheduler_type, t.warmup_steps, total_steps, t.scheduler_kwargs())
+    normalizer = LossNormalizer(stage.loss_terms, decay=t.rms_decay)
+    register_rms_state(accelerator, normalizer)
+
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, data.train_loader, scheduler)
+    eval_loader = accelerator.prepare(data.eval_loader) if data.eval_loader is not None else None
+    normalizer.to(accelerator.device)
+    unwrapped = accelerator.unwrap_model(model)
+
+    # ---- Resume ----
+    state = TrainerState(stage=stage.name, world_size=accelerator.num_processes, global_batch_size=global_batch(t, accelerator),
+                         dataset=data.description, arguments=args.as_dict())
+    if checkpoint is not None:
+        load_checkpoint(accelerator, checkpoint)
+        state.global_step, state.epoch, state.skipped_steps = saved.global_step, saved.epoch, saved.skipped_steps
+        state.draws_in_epoch = saved.draws_in_epoch
+        accelerator.print(f"Resumed from {checkpoint} at step {state.global_step} (epoch {state.epoch}, draw "
+                          f"{state.draws_in_epoch}); global batch {state.global_batch_size} (was {saved.global_batch_size})")
+    data.sampler.resume_at(state.epoch, state.draws_in_epoch)
+
+    # ---- Logging ----
+    trainable = {g["name"]: sum(p.numel() for p in g["params"]) for g in param_groups}
+    setup = {
+        "setup": True, "stage": stage.name, "world_size": accelerator.num_processes, "device": str(accelerator.device),
+        "device_type": accelerator.device.type, "mixed_precision": mixed_precision,
+        "global_batch_size": state.global_batch_size, "window_length": args.data.window_length,
+        "total_steps": total_steps, "train_windows": data.num_windows, "relevant_windows": data.num_relevant,
+        "parameters": {"total": sum(p.numel() for p in unwrapped.parameters()), **trainable},
+        "learning_rates": {g["name"]: g["initial_lr"] for g in param_groups}, "origin": origin,
+        "resumed_from": str(checkpoint) if checkpoint else None, "torch_compile": t.torch_compile,
+    }
+    metrics_log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process)
+    metrics_log.start(resumed_at_step=state.global_step if checkpoint else None)
+    metrics_log.write(setup)
+    trackers = t.report_to != "none"
+    if trackers:
+        accelerator.init_trackers("dreamer", config={k: v for k, v in args.as_dict().items() if isinstance(v, (int, float, str, bool))})
+
+    def log(record: dict[str, Any]) -> None:
+        metrics_log.write(record)
+        if trackers:
+            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.global_step)
+
+    def save_checkpoint() -> None:
+        tmp, final = output_dir / f"checkpoint-{state.global_step}.tmp", output_dir / f"checkpoint-{state.global_step}"
+        accelerator.save_state(str(tmp))  # the save hook adds rms_state.safetensors
+        accelerator.wait_for_everyone()  # every process has written its RNG state before the rename
+        if accelerator.is_main_process:
+            state.save(tmp)
+            finalize_checkpoint(tmp, final)
+            prune_checkpoints(output_dir, t.save_total_limit)
+        accelerator.wait_for_everyone()
+
+    def evaluate(save_predictions: bool = False) -> dict[str, float]:
+        if eval_loader is None:
+            return {}
+        model.eval()
+        result = stage.evaluate(model, eval_loader, accelerator, seed=t.seed)
+        model.train()
+        if save_predictions and accelerator.is_main_process:
+            np.savez_compressed(output_dir / "eval_predictions.npz", **{k.replace("/", "__"): v for k, v in result.arrays.items()})
+        return {f"eval/{k}": v for k, v in result.metrics.items()}
+
+    # ---- The loop ----
+    progress = tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_main_process,
+                    desc=stage.name, dynamic_ncols=True)
+    model.train()
+    window = LogWindow()
+    step = StepGuard(normalizer)
+    micro = 0
+    windows_seen: list[list[int]] = []
+    started = time.time()
+    while state.global_step < total_steps:
+        train_loader.set_epoch(state.epoch)
+        for batch in train_loader:
+            state.draws_in_epoch += t.per_device_train_batch_size * accelerator.num_processes
+            if t.debug_dump_rank_state:
+                windows_seen.extend([int(i), int(s)] for i, s in zip(batch["window_index"], batch["source"]))
+            if t.debug_nan_at_step == state.global_step:
+                batch["latents"] = torch.full_like(batch["latents"], float("nan"))
+            if micro == 0:
+                step.begin()
+            generator = step_generator(t.seed, state.global_step, micro, accelerator.process_index, accelerator.device)
+            with accelerator.accumulate(model):
+                result = stage.compute_losses(model, batch, generator, unwrapped)
+                if step.finite and all_finite(result.losses, accelerator):
+                    total, normalized_logs = normalize_losses(normalizer, result.losses, result.counts)
+                    if t.debug_inf_grad_at_step == state.global_step:
+                        total = total * float("inf")  # testing aid: a finite loss whose gradients overflow
+                    accelerator.backward(total)
+                    window.add(normalized_logs)
+                else:
+                    step.finite = False  # no backward; the whole optimiser step will be dropped
+                window.add(result.logs)
+                micro += 1
+                if accelerator.sync_gradients:
+                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf))
+                    window.add({"grad_norm": grad_norm})
+                    if step.finite and math.isfinite(grad_norm):
+                        optimizer.step()
+                    else:
+                        step.drop()  # normalisers back to where they were at the start of the step
+                        state.skipped_steps += 1
+                    optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            # ---- one optimiser step done ----
+            scheduler.step()
+            state.global_step += 1
+            micro = 0
+            progress.update(1)
+            if state.global_step == 1:
+                setup_time = {"first_step_s": round(time.time() - started, 2)}  # includes compilation
+                log({"step": 1, **setup_time})
+            if state.global_step % t.logging_steps == 0 or state.global_step == total_steps:
+                record = {"step": state.global_step, "epoch": state.epoch, "skipped_steps": state.skipped_steps,
+                          "elapsed_s": round(time.time() - started, 2), **window.flush()}
+                record.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
+                log(record)
+                progress.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in record if k.startswith("loss/")})
+            if t.eval_steps > 0 and state.global_step % t.eval_steps == 0 and state.global_step < total_steps:
+                log({"step": state.global_step, **evaluate()})
+            if t.save_steps > 0 and state.global_step % t.save_steps == 0:
+                save_checkpoint()
+            if state.global_step >= total_steps:
+                break
+        else:
+            state.epoch += 1
+            state.draws_in_epoch = 0
+            continue
+        break
+    progress.close()
+
+    # ---- Final: checkpoint, evaluation, model, card ----
+    if t.save_steps >= 0 and not (output_dir / f"checkpoint-{state.global_step}").exists():
+        save_checkpoint()
+    final_metrics = evaluate(save_predictions=True)
+    if final_metrics:
+        log({"step": state.global_step, "final": True, **final_metrics})
+    if t.debug_dump_rank_state:
+        dump_rank_state(output_dir, accelerator.process_index, unwrapped, normalizer, windows_seen)
+    bad = [name for name, p in unwrapped.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise RunError(f"not saving {output_dir / 'final'}: {len(bad)} weight tensors are not finite (first: {bad[0]}); "
+                       f"the last complete checkpoint is in {output_dir}")
+    unwrapped.save_pretrained(output_dir / "final", is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    if accelerator.is_main_process:
+        setup.update(steps=state.global_step, skipped_steps=state.skipped_steps)
+        write_model_card(output_dir / "final", unwrapped.config, stage.description, setup, data.summary(), final_metrics)
+        (output_dir / "eval_metrics.json").write_text(json.dumps(final_metrics, indent=2))
+        if t.push_to_hub:
+            unwrapped.push_to_hub(t.hub_model_id)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final_metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Setup
+# ------------------------------------------------------------------------------------------------
+
+
+def make_accelerator(t: DreamerTrainingArguments) -> tuple[Any, str]:
+    """The Accelerator with mixed precision chosen by device, one schedule step per optimiser step, and
+    the world size checked against the launcher's."""
+    from accelerate import Accelerator, PartialState
+
+    # Accelerate forms a CPU process group only when told in code that it runs on the CPU; without this a
+    # 2-process CPU launch silently gives two independent single-process runs.
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not (
+        torch.cuda.is_available() or (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    )
+    device_type = PartialState(cpu=use_cpu).device.type
+    mixed_precision = choose_mixed_precision(
+        t.mixed_precision, device_type, device_type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    accelerator = Accelerator(
+        cpu=use_cpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        log_with=None if t.report_to == "none" else t.report_to,
+        project_dir=t.output_dir,
+        step_scheduler_with_optimizer=False,
+        dynamo_backend="inductor" if t.torch_compile else None,
+    )
+    check_world_size(accelerator.num_processes)
+    return accelerator, mixed_precision
+
+
+def check_world_size(num_processes: int) -> None:
+    """Fail loudly when the launcher started processes that do not form one job.
+
+    `accelerate launch --multi_gpu` on a machine without GPUs starts independent processes that each train
+    alone (docs/training.md); the environment's WORLD_SIZE then disagrees with Accelerate's view.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if num_processes != launched:
+        raise RuntimeError(
+            f"Accelerate sees {num_processes} process(es) but the launcher started WORLD_SIZE={launched}. "
+            "For CPU DDP use: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py ..."
+        )
+
+
+def global_batch(t: DreamerTrainingArguments, accelerator: Any) -> int:
+    return t.per_device_train_batch_size * t.gradient_accumulation_steps * accelerator.num_processes
+
+
+@dataclass
+class RunData:
+    """The prepared dataset's schema, the training windows and sampler, and the loaders."""
+
+    schema: Any
+    datasets: Any
+    sampler: Any
+    train_loader: Any
+    eval_loader: Any
+    num_windows: int
+    num_relevant: int
+    description: dict[str, Any]  # what a checkpoint records about the data
+    world_size: int
+
+    def steps_per_epoch(self, t: DreamerTrainingArguments) -> int:
+        batches = math.ceil(len(self.sampler) / t.per_device_train_batch_size / self.world_size)
+        return max(1, batches // t.gradient_accumulation_steps)
+
+    def summary(self) -> dict[str, Any]:
+        """The dataset as the model card describes it (no local paths)."""
+        spec = self.schema.reward_spec
+
+        def videos(split: str) -> int:
+            return len(set(self.datasets[split]["video_id"])) if split in self.datasets else 0
+
+        return {
+            "name": self.description["name"],
+            "train_frames": len(self.datasets["train"]), "train_videos": videos("train"),
+            "validation_frames": len(self.datasets["validation"]) if "validation" in self.datasets else 0,
+            "validation_videos": videos("validation"),
+            "reward": f"{spec.gold_scale} x gold gained + {spec.death_penalty} x death",
+        }
+
+
+def load_data(args: RunArguments, world_size: int) -> RunData:
+    from torch.utils.data import DataLoader, Subset
+
+    from data.sampler import MixtureSampler
+    from data.schema import load_prepared
+    from data.windows import WindowDataset, collate_windows
+
+    d, t = args.data, args.training
+    try:
+        datasets, schema = load_prepared(d.dataset_path)
+    except (FileNotFoundError, ValueError) as error:
+        raise RunError(f"dataset_path {d.dataset_path}: {error}") from None
+    windows = WindowDataset(datasets["train"], d.window_length, stride=d.window_stride)
+    if len(windows) == 0:
+        raise RunError(f"{d.dataset_path}: no training window of {d.window_length} consecutive frames")
+    sampler = MixtureSampler(len(windows), windows.relevant_windows(), d.relevant_fraction, seed=t.seed)
+    train_loader = DataLoader(windows, batch_size=t.per_device_train_batch_size, sampler=sampler,
+                              collate_fn=collate_windows, drop_last=True, num_workers=d.dataloader_num_workers)
+    eval_loader = None
+    if "validation" in datasets and len(datasets["validation"]) > 0:
+        eval_windows = WindowDataset(datasets["validation"], d.window_length)
+        if d.max_eval_windows is not None and len(eval_windows) > d.max_eval_windows:
+            eval_windows = Subset(eval_windows, range(d.max_eval_windows))
+        if len(eval_windows) > 0:
+            eval_loader = DataLoader(eval_windows, batch_size=t.per_device_eval_batch_size, shuffle=False,
+                                     collate_fn=collate_windows)
+    description = {"name": Path(d.dataset_path).name, "fingerprint": windows.fingerprint(),
+                   "windows": len(windows), "relevant_windows": len(windows.relevant_windows()),
+                   "window_length": d.window_length}
+    return RunData(schema, datasets, sampler, train_loader, eval_loader, len(windows),
+                   len(windows.relevant_windows()), description, world_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoint state of our own (rms_state.safetensors) and resume
+# ------------------------------------------------------------------------------------------------
+
+
+def register_rms_state(accelerator: Any, normalizer: Any) -> None:
+    """Save and load the loss normalisers with every Accelerate checkpoint, as safetensors.
+
+    Accelerate's `register_for_checkpointing` would pickle them; its state hooks let us write the format
+    we document. The normalisers are identical on every process (their updates are all-reduced), so the main
+    process writes them and every process reads them."""
+
+    def save(models: list, weights: list, output_dir: str) -> None:
+        if accelerator.is_main_process:
+            normalizer.save_file(Path(output_dir) / RMS_STATE_FILE)
+
+    def load(models: list, input_dir: str) -> None:
+        normalizer.load_file(Path(input_dir) / RMS_STATE_FILE)
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
+
+def load_checkpoint(accelerator: Any, checkpoint: Path) -> None:
+    """`accelerator.load_state`, with an error that names the unreadable file when it fails."""
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as error:  # noqa: BLE001 - re-raised with the culprit named
+        culprit = find_unreadable_file(checkpoint)
+        raise RunError(f"cannot resume from {checkpoint}: {culprit or f'{type(error).__name__}: {error}'}") from error
+
+
+# ------------------------------------------------------------------------------------------------
+# One step
+# ------------------------------------------------------------------------------------------------
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
+    """Randomness of one micro-batch as a pure function of (seed, step, micro-batch, rank), on the device.
+
+    Noise levels, noise and independent-frame flags then do not depend on RNG state, which makes resumed
+    runs bitwise identical to uninterrupted ones, and nothing is drawn on the host and copied over.
+    """
+    return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank)
+
+
+def all_finite(losses: dict[str, torch.Tensor], accelerator: Any) -> bool:
+    """True when every loss term is finite on every process (so all processes skip a bad step together)."""
+    bad = torch.stack([~torch.isfinite(v.detach()).all() for v in losses.values()]).any().float()
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return float(bad) == 0.0
+
+
+def normalize_losses(normalizer: Any, losses: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum of the RMS-normalised loss terms, and their raw and normalised values for the log.
+
+    A term with no valid target on this process (count 0) still joins its normaliser's cross-process
+    reduction but is left out of the average; a term no process had leaves its normaliser untouched.
+    """
+    total = torch.zeros((), device=next(iter(losses.values())).device)
+    logs: dict[str, float] = {}
+    for name, loss in losses.items():
+        present = bool(counts[name] > 0)
+        normalized = normalizer.normalize(name, loss, present=present)  # an absent term is an exact 0
+        total = total + normalized
+        if present:
+            logs[f"loss/{name}"] = float(loss.detach())
+            logs[f"loss_normalized/{name}"] = float(normalized.detach())
+        logs[f"rms/{name}"] = float(normalizer[name].rms())
+    return total, logs
+
+
+class StepGuard:
+    """Drops an optimiser step whose loss or gradients were not finite, exactly: the normalisers return to
+    their state at the start of the step (they were updated by its micro-batches), no optimiser update."""
+
+    def __init__(self, normalizer: Any) -> None:
+        self.normalizer = normalizer
+        self.finite = True
+        self.snapshot: dict[str, torch.Tensor] = {}
+
+    def begin(self) -> None:
+        self.finite = True
+        self.snapshot = {k: v.clone() for k, v in self.normalizer.state_dict().items()}
+
+    def drop(self) -> None:
+        self.normalizer.load_state_dict(self.snapshot)
+
+
+class LogWindow:
+    """Averages of logged values since the last flush. A value of None (nothing measured, e.g. an MTP offset
+    without targets) is left out; a measured NaN makes the average NaN, which is logged as such."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+
+    def add(self, logs: dict[str, float | None]) -> None:
+        for key, value in logs.items():
+            if value is not None:
+                self.values.setdefault(key, []).append(float(value))
+
+    def flush(self) -> dict[str, float]:
+        averages = {key: float(np.mean(values)) for key, values in self.values.items()}
+        self.values = {}
+        return averages

@@ -1,0 +1,12 @@
+"""The training stages, by the name `--stage` takes. A new stage is one module plus one entry here."""
+
+from training.stages.agent import AgentStage
+from training.stages.base import Evaluation, Stage, StepLosses
+from training.stages.dynamics import DynamicsStage
+
+STAGES: dict[str, type[Stage]] = {
+    DynamicsStage.name: DynamicsStage,
+    AgentStage.name: AgentStage,
+}
+
+__all__ = ["STAGES", "Stage", "StepLosses", "Evaluation", "DynamicsStage", "AgentStage"]

@@ -1,0 +1,252 @@
+"""Stage `agent` (DreamerV4 phase 2): finetune the dynamics into an agent.
+
+The model is a `DreamerAgentModel` (grown from a phase-1 `DreamerModel`, or continued from an agent). Per
+micro-batch, three loss terms, each normalised by its own running RMS in the loop:
+- `dynamics`: the shortcut forcing loss of phase 1, on the examples routed to it (`dynamics_loss_sources`);
+- `reward`: multi-token twohot reward prediction, `h_t` -> `reward[t + n]`, n = 0..L (`reward_loss_sources`);
+- `bc`: multi-token behaviour cloning of the factorised policy, `h_t` -> `actions[t + n]` (`bc_loss_sources`).
+Examples outside the dynamics loss are observed as the agent sees frames at inference: at
+`context_signal_level` and the finest step (docs/training.md explains this choice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.metrics import majority_rate, masked_mean, roc_auc
+from training.optim import GroupScales
+from training.checkpointing import RunError
+from training.stages.base import (
+    Evaluation,
+    StepLosses,
+    load_source_config,
+    model_kwargs,
+    routed,
+    saved_architecture,
+    schema_config_fields,
+)
+from training.stages.dynamics import DynamicsArguments, DynamicsStage, NoisedBatch, gather_records
+
+
+@dataclass
+class AgentArguments:
+    """Knobs of agent finetuning."""
+
+    reward_loss_sources: list[str] = field(
+        default_factory=lambda: ["uniform", "relevant"], metadata={"help": "Draw sources that get the reward loss."}
+    )
+    bc_loss_sources: list[str] = field(
+        default_factory=lambda: ["relevant"], metadata={"help": "Draw sources that get the behaviour-cloning loss."}
+    )
+    context_signal_level: float = field(
+        default=0.9,
+        metadata={"help": "Signal level at which the agent observes frames at inference (the paper's slightly "
+                  "corrupted context): used for evaluation and for the examples not routed to the dynamics loss."},
+    )
+    freeze_backbone: bool = field(
+        default=False,
+        metadata={"help": "Keep the pretrained dynamics transformer fixed; only agent tokens and heads train, and the "
+                  "dynamics loss is evaluated but not optimised."},
+    )
+    backbone_lr_scale: float = field(default=0.3, metadata={"help": "LR multiplier of the pretrained dynamics transformer."})
+    agent_lr_scale: float = field(default=1.0, metadata={"help": "LR multiplier of the new agent tokens."})
+    head_lr_scale: float = field(default=1.0, metadata={"help": "LR multiplier of the reward and policy heads."})
+    bins_low: float | None = field(
+        default=None, metadata={"help": "Twohot range low end (symlog space). None: the dataset's recommendation."}
+    )
+    bins_high: float | None = field(
+        default=None, metadata={"help": "Twohot range high end (symlog space). None: the dataset's recommendation."}
+    )
+
+    def __post_init__(self) -> None:
+        from data.sampler import DrawSource
+
+        for name in ("reward_loss_sources", "bc_loss_sources"):
+            for source in getattr(self, name):
+                try:
+                    DrawSource.parse(source)
+                except ValueError as error:
+                    raise ValueError(f"{name}: {error}") from None
+        if not 0.0 <= self.context_signal_level <= 1.0:
+            raise ValueError(f"context_signal_level must be in [0, 1], got {self.context_signal_level}")
+
+
+class AgentStage(DynamicsStage):
+    name = "agent"
+    description = "DreamerV4 phase 2: agent finetuning (dynamics + multi-token reward and behaviour cloning)"
+    loss_terms = ("dynamics", "reward", "bc")
+    arguments_classes = (DynamicsArguments, AgentArguments)
+
+    def __init__(self, args: Any) -> None:
+        super().__init__(args)
+        self.agent_args = args.of(AgentArguments)
+        self.train_dynamics = not self.agent_args.freeze_backbone
+
+    # ---- model ----
+
+    def twohot_range(self, schema: Any) -> dict[str, float]:
+        low, high = schema.recommended_twohot_range
+        a = self.agent_args
+        return {"bins_low": float(low if a.bins_low is None else a.bins_low),
+                "bins_high": float(high if a.bins_high is None else a.bins_high)}
+
+    def build_model(self, schema: Any) -> tuple[nn.Module, dict[str, Any]]:
+        from modeling_dreamer import DreamerAgentModel, DreamerConfig
+
+        init_from, overrides = self.args.model.init_from, self.args.model.overrides()
+        kwargs = model_kwargs(self.args)
+        if init_from is None:
+            fields = {**schema_config_fields(schema), **self.twohot_range(schema), **overrides}
+            config = DreamerConfig.from_preset(self.args.model.preset, **fields)
+            model = DreamerAgentModel._from_config(config, **kwargs)
+            return self.built(model), {"init": "scratch", "preset": self.args.model.preset}
+        source = load_source_config(init_from, schema)
+        if saved_architecture(source) == "DreamerAgentModel":
+            # Continue an agent: its twohot range is part of its trained reward head.
+            given = {k: v for k, v in (("bins_low", self.agent_args.bins_low), ("bins_high", self.agent_args.bins_high)) if v is not None}
+            changed = {k: v for k, v in given.items() if getattr(source, k) != v}
+            if changed:
+                raise RunError(f"--init_from {init_from}: an agent with a trained reward head over "
+                                 f"[{source.bins_low}, {source.bins_high}]; {changed} cannot be applied to it")
+            model = DreamerAgentModel.from_pretrained(init_from, **overrides, **kwargs)
+            return self.built(model), {"init": "pretrained agent", "init_from": init_from}
+        # Grow a phase-1 backbone: the twohot range comes from the dataset, the rest from the checkpoint.
+        model = DreamerAgentModel.from_backbone(init_from, **self.twohot_range(schema), **overrides, **kwargs)
+        return self.built(model), {"init": "grown from backbone", "init_from": init_from}
+
+    def configure_trainable(self, model: nn.Module) -> None:
+        """The value head is phase 3's; `freeze_backbone` also fixes the dynamics transformer."""
+        for name, param in model.named_parameters():
+            if name.startswith("value_head.") or (self.agent_args.freeze_backbone and model.parameter_role(name) == "backbone"):
+                param.requires_grad_(False)
+
+    def lr_scales(self) -> GroupScales:
+        a = self.agent_args
+        return GroupScales(backbone=a.backbone_lr_scale, agent=a.agent_lr_scale, heads=a.head_lr_scale)
+
+    # ---- one micro-batch ----
+
+    def observe_outside_dynamics(
+        self, tau: torch.Tensor, step_size: torch.Tensor, dynamics_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Examples that do not train the dynamics need no shortcut-grid noise: the agent sees them as it sees
+        frames at inference, slightly corrupted (context_signal_level) at the finest step."""
+        level = torch.full_like(tau, self.agent_args.context_signal_level)
+        return torch.where(dynamics_mask, tau, level), torch.where(dynamics_mask, step_size, 1.0 / self.model_config.k_max)
+
+    def compute_losses(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator, unwrapped: nn.Module
+    ) -> StepLosses:
+        noised = self.noised_batch(batch, generator, train_dynamics=self.train_dynamics)
+        out = model(noised.z_tilde, noised.tau, noised.step_size, **noised.inputs)
+        result = StepLosses({}, {}, {"independent_share": float(noised.inputs["independent_frames"].float().mean())})
+        if self.train_dynamics:
+            loss, count, logs = self.dynamics_loss(out.latent_pred, noised, unwrapped)
+            result.losses["dynamics"], result.counts["dynamics"] = loss, count
+            result.logs.update(logs)
+        for term, compute in (("reward", self.reward_loss), ("bc", self.behaviour_cloning_loss)):
+            loss, count, logs = compute(out, batch, unwrapped)
+            result.losses[term], result.counts[term] = loss, count
+            result.logs.update(logs)
+        return result
+
+    def reward_loss(self, out: Any, batch: dict[str, Any], unwrapped: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """MTP twohot reward loss on the examples routed to it."""
+        from modeling_dreamer.objectives import mtp_reward_loss
+
+        valid = routed(batch["source"], self.agent_args.reward_loss_sources, batch["reward"].shape[1])
+        reward = mtp_reward_loss(out.reward_logits.float(), batch["reward"].float(), valid, unwrapped.reward_bins())
+        logs = {"twohot_clamped": float(reward.num_clamped)}
+        logs.update({f"reward_loss/offset_{n}": v for n, v in enumerate(offset_values(reward))})
+        return reward.loss, reward.per_offset_count.sum(), logs
+
+    def behaviour_cloning_loss(self, out: Any, batch: dict[str, Any], unwrapped: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """MTP behaviour cloning (joint NLL of the factorised policy) on labelled frames of routed examples."""
+        from modeling_dreamer.objectives import mtp_policy_loss
+
+        space = self.model_config.action_space
+        valid = batch["has_action"] & routed(batch["source"], self.agent_args.bc_loss_sources, batch["has_action"].shape[1])
+        actions = {name: batch[name] for name in space}
+        policy = mtp_policy_loss({k: v.float() for k, v in out.policy_logits.items()}, actions, valid, space)
+        logs = {f"bc_loss/offset_{n}": v for n, v in enumerate(offset_values(policy))}
+        return policy.loss, policy.per_offset_count.sum(), logs
+
+    # ---- evaluation ----
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, seed: int) -> Evaluation:
+        """Dynamics as in phase 1; heads on frames observed at `context_signal_level`: reward decoded per MTP
+        offset (MAE, AUC of nonzero-reward events), behaviour cloning top-1 per component and offset against
+        the majority rate, and the share of twohot targets clamped."""
+        records = []
+        for batch, generator in self.eval_batches(loader, accelerator, seed):
+            records.append({**self.evaluate_batch(model, batch, generator), **self.evaluate_heads(model, batch, generator)})
+        arrays = gather_records(records, accelerator)
+        metrics = {"dynamics_loss": float(arrays["dynamics_loss"].mean()), **agent_metrics(arrays, self.model_config.action_space)}
+        return Evaluation(metrics, arrays)
+
+    def evaluate_heads(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        from modeling_dreamer.objectives import add_noise, mtp_targets, twohot_decode, twohot_out_of_range
+
+        config = self.model_config
+        z_clean = batch["latents"].float()
+        b, t = z_clean.shape[:2]
+        level = torch.full((b, t), self.agent_args.context_signal_level, device=z_clean.device)
+        observed = add_noise(z_clean, level, torch.randn(z_clean.shape, generator=generator, device=generator.device))
+        actions = {name: batch[name] for name in config.action_space}
+        out = model(observed, level, torch.full_like(level, 1.0 / config.k_max), actions=actions, action_mask=batch["has_action"])
+        bins = twohot_bins_of(model, config)
+        everything = torch.ones(b, t, dtype=torch.bool, device=z_clean.device)
+        reward_true, reward_mask = mtp_targets(batch["reward"].float(), everything, config.mtp_length)
+        record = {
+            "reward_pred": twohot_decode(out.reward_logits.float(), bins),
+            "reward_true": reward_true,
+            "reward_mask": reward_mask,
+            "reward_clamped": twohot_out_of_range(reward_true, bins) & reward_mask,
+        }
+        for name, spec in config.action_space.items():
+            logits = out.policy_logits[name].float()
+            target, mask = mtp_targets(batch[name].long(), batch["has_action"], config.mtp_length)
+            record[f"action_pred/{name}"] = logits.argmax(-1) if spec["type"] == "categorical" else (logits[..., 0] > 0).long()
+            record[f"action_true/{name}"] = target
+            record[f"action_mask/{name}"] = mask
+        return record
+
+
+def twohot_bins_of(model: nn.Module, config: Any) -> torch.Tensor:
+    """The reward head's bin centres on the model's device."""
+    from modeling_dreamer.objectives import twohot_bins
+
+    device = next(model.parameters()).device
+    return twohot_bins(config.num_bins, config.bins_low, config.bins_high).to(device)
+
+
+def offset_values(result: Any) -> list[float]:
+    """Per-offset losses for logging: NaN-free, an offset without valid targets is left out (None)."""
+    counts = result.per_offset_count.tolist()
+    return [value if count else None for value, count in zip(result.per_offset_loss.tolist(), counts)]
+
+
+def agent_metrics(arrays: dict[str, np.ndarray], action_space: dict[str, Any]) -> dict[str, float]:
+    """Reward and behaviour-cloning metrics from gathered evaluation arrays."""
+    metrics: dict[str, float] = {}
+    pred, true, mask = arrays["reward_pred"], arrays["reward_true"], arrays["reward_mask"]
+    for n in range(pred.shape[-1]):
+        m = mask[..., n]
+        metrics[f"reward_mae/offset_{n}"] = masked_mean(np.abs(pred[..., n] - true[..., n]), m)
+        metrics[f"reward_auc/offset_{n}"] = roc_auc(np.abs(pred[..., n])[m], (true[..., n] != 0)[m])
+    metrics["reward_auc"] = metrics["reward_auc/offset_0"]
+    metrics["reward_mae"] = metrics["reward_mae/offset_0"]
+    metrics["twohot_clamped_share"] = float(arrays["reward_clamped"].sum() / max(1, mask.sum()))
+    for name in action_space:
+        pred_a, true_a, mask_a = arrays[f"action_pred/{name}"], arrays[f"action_true/{name}"], arrays[f"action_mask/{name}"]
+        for n in range(pred_a.shape[-1]):
+            metrics[f"bc_top1/{name}/offset_{n}"] = masked_mean(pred_a[..., n] == true_a[..., n], mask_a[..., n])
+        metrics[f"bc_top1/{name}"] = metrics[f"bc_top1/{name}/offset_0"]
+        metrics[f"bc_majority/{name}"] = majority_rate(true_a[..., 0], mask_a[..., 0])
+    return metrics

@@ -1,0 +1,158 @@
+"""The interface every training stage implements, and the helpers stages share.
+
+A stage says what is trained and how: its loss terms, how it builds or grows the model, which
+parameters train (and at which learning-rate scale), the raw losses of one micro-batch, and how it is
+evaluated. `training.loop.train` runs any stage the same way: it never asks which stage it runs.
+Adding a stage is one module with a `Stage` subclass plus an entry in `training.stages.STAGES`
+(docs/training.md shows an example).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from data.sampler import DrawSource
+from training.arguments import RunArguments
+from training.checkpointing import RunError
+from training.optim import GroupScales
+
+
+@dataclass
+class StepLosses:
+    """What a stage computed on one micro-batch.
+
+    losses: term name -> raw loss, a scalar float32 tensor with gradient (each term is divided by its own
+        running RMS in the loop, then the terms are summed).
+    counts: term name -> number of targets the term averaged; 0 means the term had nothing to learn from
+        in this micro-batch (it is then left out of its normaliser's update).
+    logs: extra floats to log, averaged over the logging window.
+    """
+
+    losses: dict[str, torch.Tensor]
+    counts: dict[str, torch.Tensor]
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    """Held-out metrics (name -> float, logged as `eval/...`) and the gathered arrays behind them
+    (saved as `eval_predictions.npz` at the end of a run)."""
+
+    metrics: dict[str, float]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Stage(ABC):
+    """One training stage. Subclasses set the class attributes and implement the abstract methods."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]  # one line for the model card, e.g. "DreamerV4 phase 1: dynamics pretraining"
+    loss_terms: ClassVar[tuple[str, ...]]  # every term `compute_losses` may return, each with its own RMS normaliser
+    arguments_classes: ClassVar[tuple[type, ...]] = ()  # dataclasses of the stage's own command-line knobs
+
+    def __init__(self, args: RunArguments) -> None:
+        self.args = args
+
+    @abstractmethod
+    def build_model(self, schema: Any) -> tuple[nn.Module, dict[str, Any]]:
+        """The model to train (float32, on the CPU) and where it came from (logged, and shown on the model
+        card). `schema` is the prepared dataset's `data.schema.DatasetSchema`."""
+
+    def configure_trainable(self, model: nn.Module) -> None:
+        """Freeze what this stage does not train (`requires_grad_(False)`). Default: everything trains."""
+
+    def lr_scales(self) -> GroupScales:
+        """Learning-rate multipliers of the parameter roles (backbone, agent, heads)."""
+        return GroupScales()
+
+    @abstractmethod
+    def compute_losses(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator, unwrapped: nn.Module
+    ) -> StepLosses:
+        """Raw loss terms of one micro-batch.
+
+        model: the prepared model (call it for everything that back-propagates); unwrapped: the same model
+        without the distributed wrapper, for extra passes without gradient; batch: `data.windows.collate_windows`
+        output on the device; generator: the only source of randomness (seeded per step, micro-batch and
+        process by the loop, which makes resumed runs bitwise identical).
+        """
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, seed: int) -> Evaluation:
+        """Held-out metrics over `loader` (prepared by Accelerate: gather with `accelerator.gather_for_metrics`).
+        Randomness comes from generators seeded with `seed`, so evaluations are comparable across steps.
+        Runs without gradient; the loop puts the model in eval mode around it."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers shared by the stages
+# ------------------------------------------------------------------------------------------------
+
+
+def routed(source: torch.Tensor, sources: list[str], frames: int) -> torch.Tensor:
+    """(B, T) bool: the frames of the examples whose draw source is one of `sources`."""
+    allowed = torch.tensor([int(DrawSource.parse(s)) for s in sources], device=source.device, dtype=source.dtype)
+    return torch.isin(source, allowed)[:, None].expand(-1, frames)
+
+
+def schema_config_fields(schema: Any) -> dict[str, Any]:
+    """DreamerConfig fields the dataset determines: latent shape and action space."""
+    channels, height, width = schema.latent_shape
+    return {
+        "latent_channels": int(channels),
+        "latent_height": int(height),
+        "latent_width": int(width),
+        "action_space": dict(schema.action_space),
+    }
+
+
+def load_source_config(init_from: str, schema: Any) -> Any:
+    """The config of an `--init_from` folder, checked against the dataset before any weight is read.
+
+    Raises `RunError` naming the folder and the problem: no such folder, no config.json, other latents,
+    another action space.
+    """
+    from modeling_dreamer import DreamerConfig
+
+    folder = Path(init_from)
+    if not folder.is_dir():
+        raise RunError(f"--init_from {init_from}: no such folder (a save_pretrained folder is expected)")
+    if not (folder / "config.json").is_file():
+        raise RunError(f"--init_from {init_from}: no config.json in the folder; it is not a save_pretrained folder")
+    try:
+        config = DreamerConfig.from_pretrained(init_from)
+    except (OSError, ValueError) as error:
+        raise RunError(f"--init_from {init_from}: cannot read {folder / 'config.json'}: {error}") from None
+    expected = schema_config_fields(schema)
+    for name in ("latent_channels", "latent_height", "latent_width"):
+        if getattr(config, name) != expected[name]:
+            raise RunError(
+                f"--init_from {init_from}: {name}={getattr(config, name)} but the dataset has {expected[name]}; "
+                "the checkpoint was trained on other latents"
+            )
+    if dict(config.action_space) != expected["action_space"]:
+        raise RunError(
+            f"--init_from {init_from}: its action space {config.action_space} differs from the dataset's "
+            f"{expected['action_space']}"
+        )
+    return config
+
+
+def saved_architecture(config: Any) -> str:
+    """The class name a save_pretrained folder was saved from (`config.architectures`)."""
+    return (config.architectures or ["DreamerModel"])[0]
+
+
+def model_kwargs(args: RunArguments) -> dict[str, Any]:
+    """Keyword arguments of `from_pretrained` / `from_config` shared by the stages."""
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if args.model.attn_implementation:
+        kwargs["attn_implementation"] = args.model.attn_implementation
+    return kwargs
