@@ -6,7 +6,10 @@ from .configuration_dreamer import DreamerConfig
 from .modeling_dreamer import DreamerAgentModel, DreamerAgentOutput, DreamerModel, DreamerModelOutput
 
 AutoConfig.register(DreamerConfig.model_type, DreamerConfig)
-AutoModel.register(DreamerConfig, DreamerModel)
+# A tuple of classes: transformers' auto factory then picks the one named in the saved config's
+# `architectures`, so AutoModel gives back the class a folder was saved from (DreamerModel when a
+# config names neither, e.g. `AutoModel.from_config(DreamerConfig())`).
+AutoModel.register(DreamerConfig, (DreamerModel, DreamerAgentModel))
 # save_pretrained then copies the modeling files next to the weights and writes config.auto_map, so
 # `AutoModel.from_pretrained(folder, trust_remote_code=True)` works without this package installed.
 # A saved agent model maps AutoModel to DreamerAgentModel, a saved dynamics model to DreamerModel.

@@ -8,8 +8,18 @@ import math
 from typing import Any
 
 from transformers import PretrainedConfig
+from transformers.utils import logging
 
 from .action_space import default_action_space, validate_action_space
+
+logger = logging.get_logger(__name__)
+
+# Field names of earlier versions of this config -> their current (transformers-style) names.
+# Saved configs with the old keys still load; `config.<old name>` reads and writes the new field.
+RENAMED_FIELDS: dict[str, str] = {
+    "attn_logit_softcap": "attn_logit_softcapping",  # Gemma 2's name for the same cap
+    "agent_tokens_per_frame": "num_agent_tokens",  # beside `num_register_tokens`
+}
 
 # Widths and depths fixed by the issue; head dim 64; GQA with half as many KV heads as query heads.
 PRESETS: dict[str, dict[str, int]] = {
@@ -38,19 +48,23 @@ class DreamerConfig(PretrainedConfig):
             is a causal time-attention layer; all others are space layers.
         num_register_tokens: learned register tokens per frame.
         k_max: finest shortcut step count; ``d_min = 1 / k_max`` (a power of two).
-        attn_logit_softcap: ``cap * tanh(logits / cap)`` on attention logits; ``None`` disables it.
+        attn_logit_softcapping: ``cap * tanh(logits / cap)`` on attention logits; ``None`` (or 0) disables it.
         qk_norm: RMS-normalise queries and keys per head before RoPE.
         rope_theta: RoPE base (1D over the token slot in space layers, over the frame in time layers).
         rms_norm_eps: epsilon of every RMSNorm.
         action_space: ordered ``{name: {"type": "categorical", "n": n} | {"type": "binary"}}``.
-        num_tasks, agent_tokens_per_frame: task-embedding rows and agent tokens per frame (agent model).
+        num_tasks, num_agent_tokens: task-embedding rows and agent tokens per frame (agent model).
         mtp_length: L, the multi-token-prediction horizon (heads predict offsets ``0..L``).
         num_bins, bins_low, bins_high: twohot bins, uniform in symlog space over ``[bins_low, bins_high]``.
         head_hidden_size, head_layers: width (default ``hidden_size``) and hidden layers of the head MLPs.
         initializer_range: std of the normal initialisation of linear, embedding and token parameters.
+
+    The earlier names ``attn_logit_softcap`` and ``agent_tokens_per_frame`` are accepted (keyword or
+    saved ``config.json``) and read/write the fields above.
     """
 
     model_type = "dreamer"
+    attribute_map = dict(RENAMED_FIELDS)
 
     def __init__(
         self,
@@ -66,13 +80,13 @@ class DreamerConfig(PretrainedConfig):
         time_every: int = 4,
         num_register_tokens: int = 8,
         k_max: int = 64,
-        attn_logit_softcap: float | None = 50.0,
+        attn_logit_softcapping: float | None = 50.0,
         qk_norm: bool = True,
         rope_theta: float = 10000.0,
         rms_norm_eps: float = 1e-6,
         action_space: dict[str, dict[str, Any]] | None = None,
         num_tasks: int = 1,
-        agent_tokens_per_frame: int = 1,
+        num_agent_tokens: int = 1,
         mtp_length: int = 8,
         num_bins: int = 255,
         bins_low: float = -5.0,
@@ -82,6 +96,14 @@ class DreamerConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs: Any,
     ) -> None:
+        for old, new in RENAMED_FIELDS.items():
+            if old in kwargs:
+                logger.warning_once(f"DreamerConfig: `{old}` is the former name of `{new}`; using it as `{new}`.")
+                value = kwargs.pop(old)
+                if new == "attn_logit_softcapping":
+                    attn_logit_softcapping = value
+                else:
+                    num_agent_tokens = value
         self.latent_channels = latent_channels
         self.latent_height = latent_height
         self.latent_width = latent_width
@@ -94,13 +116,13 @@ class DreamerConfig(PretrainedConfig):
         self.time_every = time_every
         self.num_register_tokens = num_register_tokens
         self.k_max = k_max
-        self.attn_logit_softcap = attn_logit_softcap if attn_logit_softcap else None
+        self.attn_logit_softcapping = attn_logit_softcapping if attn_logit_softcapping else None
         self.qk_norm = qk_norm
         self.rope_theta = rope_theta
         self.rms_norm_eps = rms_norm_eps
         self.action_space = copy.deepcopy(action_space) if action_space is not None else default_action_space()
         self.num_tasks = num_tasks
-        self.agent_tokens_per_frame = agent_tokens_per_frame
+        self.num_agent_tokens = num_agent_tokens
         self.mtp_length = mtp_length
         self.num_bins = num_bins
         self.bins_low = bins_low
@@ -109,6 +131,10 @@ class DreamerConfig(PretrainedConfig):
         self.head_layers = head_layers
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
+        # AutoModel maps this config to a tuple of classes and picks one by `architectures`;
+        # transformers iterates that field without a None check, so it stays a list ([] = none).
+        if self.architectures is None:
+            self.architectures = []
         self.check_fields()
 
     def check_fields(self) -> None:
@@ -130,8 +156,8 @@ class DreamerConfig(PretrainedConfig):
             problems.append(f"k_max {self.k_max} must be a power of two")
         if self.time_every < 1:
             problems.append(f"time_every {self.time_every} must be >= 1")
-        if self.num_tasks < 1 or self.agent_tokens_per_frame < 1 or self.mtp_length < 0 or self.head_layers < 0:
-            problems.append("num_tasks and agent_tokens_per_frame must be >= 1, mtp_length and head_layers >= 0")
+        if self.num_tasks < 1 or self.num_agent_tokens < 1 or self.mtp_length < 0 or self.head_layers < 0:
+            problems.append("num_tasks and num_agent_tokens must be >= 1, mtp_length and head_layers >= 0")
         if self.num_bins < 2 or not self.bins_high > self.bins_low:
             problems.append(f"twohot bins need num_bins >= 2 and bins_high > bins_low, got {self.num_bins}, "
                             f"[{self.bins_low}, {self.bins_high}]")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .action_space import num_logits
 from .configuration_dreamer import DreamerConfig
 from .layers import DreamerRMSNorm
 
@@ -78,9 +79,7 @@ class DreamerPolicyHead(nn.Module):
         super().__init__()
         self.num_offsets = config.mtp_length + 1
         self.mlp = DreamerHeadMLP(config)
-        self.sizes = {
-            name: spec["n"] if spec["type"] == "categorical" else 1 for name, spec in config.action_space.items()
-        }
+        self.sizes = {name: num_logits(spec) for name, spec in config.action_space.items()}
         self.out = nn.ModuleDict(
             {name: nn.Linear(self.mlp.out_features, self.num_offsets * n) for name, n in self.sizes.items()}
         )

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .attention import check_attn_implementation, get_attention_function, resolve_attn_implementation
 from .configuration_dreamer import DreamerConfig
 
 
@@ -24,7 +25,10 @@ class DreamerRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # The gain is cast to the input's dtype: under bf16 autocast the input is bf16 while the
+        # master weight stays fp32, and `F.rms_norm` with mismatched dtypes warns and leaves its
+        # fused kernel (which accumulates in fp32 either way). A no-op when the dtypes agree.
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 
 class DreamerSwiGLU(nn.Module):
@@ -40,140 +44,59 @@ class DreamerSwiGLU(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
-def rotary_tables(length: int, head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
-    """RoPE rotations ``(length, head_dim / 2)`` complex64 for positions ``0..length-1``.
+def rotary_tables(
+    length: int, head_dim: int, theta: float, device: torch.device, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE ``(cos, sin)``, each ``(length, head_dim / 2)`` float32, for positions ``offset..offset+length-1``.
 
-    Computed in every forward (they are tiny) rather than stored as buffers: non-persistent buffers
-    are left uninitialised by ``from_pretrained`` (hf_stack_notes.md).
+    Pair ``i`` of a head rotates by ``position * theta^(-2i / head_dim)``. Real arithmetic only (no
+    complex dtype: Inductor has no complex kernels). Computed in every forward (they are tiny)
+    rather than stored as buffers: non-persistent buffers are left uninitialised by ``from_pretrained``.
     """
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
-    return torch.polar(torch.ones_like(angles), angles)
+    positions = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
+    angles = positions[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
 
 
-def rotate_pairs_complex(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive channel pairs ``(x[2i], x[2i+1])`` of ``x (..., head_dim)`` by ``rotations``
-    (complex, broadcastable to ``(..., head_dim / 2)``). One complex multiply instead of the five
-    elementwise kernels of the rotate-half form: this is memory-bound work on CPU."""
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(pairs * rotations).flatten(-2).type_as(x)
-
-
-def rotate_pairs_real(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """:func:`rotate_pairs_complex` in real arithmetic: ``(a cos - b sin, a sin + b cos)``."""
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive channel pairs ``(x[2i], x[2i+1])`` of ``x (..., head_dim)`` to
+    ``(a cos - b sin, a sin + b cos)``; ``cos`` and ``sin`` broadcast to ``(..., head_dim / 2)``.
+    Computed in fp32, returned in ``x``'s dtype."""
     pairs = x.float().unflatten(-1, (-1, 2))
     even, odd = pairs[..., 0], pairs[..., 1]
-    cos, sin = rotations.real, rotations.imag
     return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).type_as(x)
-
-
-def apply_rotary(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """RoPE: the complex form in eager mode, the real form under ``torch.compile`` (Inductor has no
-    complex kernels and would fall back around them; the real form fuses)."""
-    if torch.compiler.is_compiling():
-        return rotate_pairs_real(x, rotations)
-    return rotate_pairs_complex(x, rotations)
-
-
-def eager_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softcap: float | None
-) -> torch.Tensor:
-    """Reference attention with an optional logit soft cap ``cap * tanh(logits / cap)``.
-
-    ``q (N, H, Lq, Dh)``, ``k`` and ``v (N, KV, Lk, Dh)`` with ``H`` a multiple of ``KV`` (query head
-    ``h`` reads KV head ``h // (H / KV)``). Returns ``(N, H, Lq, Dh)``. ``causal`` needs ``Lq == Lk``.
-    """
-    n, num_heads, q_len, head_dim = q.shape
-    num_kv, k_len = k.shape[1], k.shape[2]
-    groups = num_heads // num_kv
-    # The 1/sqrt(Dh) scale and the cap's 1/cap are applied to q, which is S/Dh times smaller than
-    # the logits. The queries sharing a KV head are stacked along the sequence: one matmul per KV
-    # head, no copy of K/V.
-    scale = head_dim**-0.5 / (softcap or 1.0)
-    logits = (q * scale).reshape(n, num_kv, groups * q_len, head_dim) @ k.transpose(-1, -2)
-    if softcap is not None:
-        logits = torch.tanh(logits) * softcap
-    if causal:
-        future = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).triu(1)
-        logits = logits.view(n, num_kv, groups, q_len, k_len).masked_fill(future, float("-inf"))
-        logits = logits.view(n, num_kv, groups * q_len, k_len)
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(v.dtype)
-    return (probs @ v).view(n, num_heads, q_len, head_dim)
-
-
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    """PyTorch's fused attention, same shapes and head grouping as :func:`eager_attention` (no soft cap)."""
-    n, num_heads, q_len, head_dim = q.shape
-    num_kv = k.shape[1]
-    if causal:
-        # Time sequences are short (T frames), so repeating K/V is cheap; `enable_gqa` is avoided
-        # because torch's FLOP counter rejects it on CUDA.
-        groups = num_heads // num_kv
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    # Without a mask every query is independent: stacking a KV group's queries along the sequence
-    # is exact and lets the fused kernel run on the un-repeated K/V.
-    q = q.reshape(n, num_kv, (num_heads // num_kv) * q_len, head_dim)
-    return F.scaled_dot_product_attention(q, k, v).reshape(n, num_heads, q_len, head_dim)
-
-
-def flex_attention_backend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softcap: float | None
-) -> torch.Tensor:
-    """``torch.nn.attention.flex_attention`` with the soft cap and the causal mask as a score
-    modification; same shapes and head grouping as :func:`eager_attention`.
-
-    Fused when the caller runs under ``torch.compile`` (GPU); uncompiled, PyTorch runs its unfused
-    reference, which is exact but slow.
-    """
-    from torch.nn.attention.flex_attention import flex_attention
-
-    def score_mod(score: torch.Tensor, batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor,
-                  kv_idx: torch.Tensor) -> torch.Tensor:
-        if softcap is not None:
-            score = softcap * torch.tanh(score / softcap)
-        if causal:
-            score = torch.where(q_idx >= kv_idx, score, -float("inf"))
-        return score
-
-    return flex_attention(q, k, v, score_mod=score_mod, enable_gqa=q.shape[1] != k.shape[1])
-
-
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softcap: float | None, implementation: str
-) -> torch.Tensor:
-    """Dispatch on ``attn_implementation``: ``flex_attention`` applies the cap as a score
-    modification; sdpa cannot apply a soft cap, so with a cap configured it runs the exact eager
-    math (correctness over speed; see docs/model.md)."""
-    softcap = softcap or None  # 0 means "no cap", also when set on a config after construction
-    if implementation == "flex_attention":
-        return flex_attention_backend(q, k, v, causal, softcap)
-    if implementation == "sdpa" and softcap is None:
-        return sdpa_attention(q, k, v, causal)
-    return eager_attention(q, k, v, causal, softcap)
 
 
 class DreamerAttention(nn.Module):
     """Space or time attention with GQA, QK-norm, RoPE and an optional logit soft cap.
 
+    The attention itself is the function registered for ``config._attn_implementation``
+    (:mod:`.attention`), called with transformers' attention signature.
+
     Space (``is_time=False``): each frame is one sequence of ``S`` slots; the last
     ``num_agent_tokens`` slots are agent tokens, which read every slot of the frame while no other
     slot reads them (the agent firewall). It is computed as two unmasked attentions (non-agent
-    queries over non-agent keys, agent queries over all keys), which is exact and keeps the fused
-    kernel's mask-free fast path.
+    queries over non-agent keys, agent queries over all keys), which is exact and keeps every
+    backend's mask-free fast path.
 
-    Time (``is_time=True``): each slot is one causal sequence over the ``T`` frames. Slots never
-    mix, so the firewall holds. Examples flagged in ``independent_frames`` attend only to their own
-    frame: a softmax over one key is exactly 1, so their output is exactly their own value vector.
+    Time (``is_time=True``): each slot is one causal sequence over the ``T`` frames (the causal
+    mask comes from the model, :func:`.attention.time_attention_mask`). Slots never mix, so the
+    firewall holds. Examples flagged in ``independent_frames`` attend only to their own frame: a
+    softmax over one key is exactly 1, so their output is exactly their own value vector.
     """
 
-    def __init__(self, config: DreamerConfig, is_time: bool) -> None:
+    def __init__(self, config: DreamerConfig, is_time: bool, layer_idx: int = 0) -> None:
         super().__init__()
         self.config = config
         self.is_time = is_time
+        self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads  # read by transformers' functions
         self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False  # causality is always an explicit mask, never sdpa's `is_causal`
         self.qkv_proj = nn.Linear(
             config.hidden_size, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim, bias=False
         )
@@ -184,43 +107,50 @@ class DreamerAttention(nn.Module):
     def forward(
         self,
         hidden: torch.Tensor,
-        rope: torch.Tensor,
-        num_agent_tokens: int,
-        independent_frames: torch.Tensor | None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask=None,
+        num_agent_tokens: int = 0,
+        independent_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``hidden (B, T, S, D)``; ``rope`` rotations ``(S, Dh/2)`` (space) or ``(T, Dh/2)`` (time);
-        ``independent_frames (B,) bool`` or None. Returns ``(B, T, S, D)``."""
+        """``hidden (B, T, S, D)``; ``position_embeddings`` RoPE ``(cos, sin)``, each ``(S, Dh/2)`` (space)
+        or ``(T, Dh/2)`` (time); ``attention_mask`` the time layers' causal mask (ignored by space
+        layers); ``independent_frames (B,) bool`` or None. Returns ``(B, T, S, D)``."""
         b, t, s, _ = hidden.shape
         h, kv, dh = self.num_heads, self.num_kv_heads, self.head_dim
         q, k, v = self.qkv_proj(hidden).split([h * dh, kv * dh, kv * dh], dim=-1)
         q = self.q_norm(q.view(b, t, s, h, dh))
         k = self.k_norm(k.view(b, t, s, kv, dh))
         v = v.view(b, t, s, kv, dh)
-        softcap = self.config.attn_logit_softcap
-        implementation = self.config._attn_implementation
         # Rotate in the (B, T, S, heads, Dh) layout: by slot (space) or by frame (time).
-        rotations = rope[:, None, None, :] if self.is_time else rope[:, None, :]
-        q, k = apply_rotary(q, rotations), apply_rotary(k, rotations)
+        cos, sin = position_embeddings
+        cos, sin = (cos[:, None, None, :], sin[:, None, None, :]) if self.is_time else (cos[:, None, :], sin[:, None, :])
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        softcap = self.config.attn_logit_softcapping or None  # 0 also means "no cap"
+        implementation = resolve_attn_implementation(self.config._attn_implementation, hidden.device, softcap)
+        check_attn_implementation(implementation, softcap)
+        attend = get_attention_function(implementation)
+        kwargs = dict(scaling=self.scaling, dropout=0.0, softcap=softcap, is_causal=False)
 
         if self.is_time:
-            # (B, T, S, heads, Dh) -> (B*S, heads, T, Dh)
+            # (B, T, S, heads, Dh) -> (B*S, heads, T, Dh); output (B*S, T, H, Dh)
             q, k, v = (x.permute(0, 2, 3, 1, 4).reshape(b * s, x.shape[3], t, dh) for x in (q, k, v))
-            out = attention(q, k, v, True, softcap, implementation)
+            out, _ = attend(self, q, k, v, attention_mask, **kwargs)
             if independent_frames is not None:
-                own_value = v.repeat_interleave(h // kv, dim=1)
+                own_value = v.repeat_interleave(self.num_key_value_groups, dim=1).transpose(1, 2)
                 alone = independent_frames.repeat_interleave(s).view(b * s, 1, 1, 1)
                 out = torch.where(alone, own_value, out)
-            out = out.view(b, s, h, t, dh).permute(0, 3, 1, 2, 4)
+            out = out.reshape(b, s, t, h * dh).transpose(1, 2)
         else:
-            # (B, T, S, heads, Dh) -> (B*T, heads, S, Dh)
+            # (B, T, S, heads, Dh) -> (B*T, heads, S, Dh); output (B*T, S, H, Dh)
             q, k, v = (x.reshape(b * t, s, x.shape[3], dh).transpose(1, 2) for x in (q, k, v))
             split = s - num_agent_tokens
-            out = attention(q[:, :, :split], k[:, :, :split], v[:, :, :split], False, softcap, implementation)
+            out, _ = attend(self, q[:, :, :split], k[:, :, :split], v[:, :, :split], None, **kwargs)
             if num_agent_tokens:
-                agent_out = attention(q[:, :, split:], k, v, False, softcap, implementation)
-                out = torch.cat([out, agent_out], dim=2)
-            out = out.transpose(1, 2).reshape(b, t, s, h, dh)
-        return self.o_proj(out.reshape(b, t, s, h * dh))
+                agent_out, _ = attend(self, q[:, :, split:], k, v, None, **kwargs)
+                out = torch.cat([out, agent_out], dim=1)
+            out = out.reshape(b, t, s, h * dh)
+        return self.o_proj(out)
 
 
 class DreamerBlock(GradientCheckpointingLayer):
@@ -230,19 +160,21 @@ class DreamerBlock(GradientCheckpointingLayer):
         super().__init__()
         self.is_time = layer_idx in config.time_layer_indices
         self.attn_norm = DreamerRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.attn = DreamerAttention(config, is_time=self.is_time)
+        self.attn = DreamerAttention(config, is_time=self.is_time, layer_idx=layer_idx)
         self.mlp_norm = DreamerRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = DreamerSwiGLU(config.hidden_size, config.intermediate_size)
 
     def forward(
         self,
         hidden: torch.Tensor,
-        space_rope: torch.Tensor,
-        time_rope: torch.Tensor,
+        space_position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        time_position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        time_attention_mask=None,
         num_agent_tokens: int = 0,
         independent_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``hidden (B, T, S, D)`` -> ``(B, T, S, D)``."""
-        rope = time_rope if self.is_time else space_rope
-        hidden = hidden + self.attn(self.attn_norm(hidden), rope, num_agent_tokens, independent_frames)
+        position_embeddings = time_position_embeddings if self.is_time else space_position_embeddings
+        mask = time_attention_mask if self.is_time else None
+        hidden = hidden + self.attn(self.attn_norm(hidden), position_embeddings, mask, num_agent_tokens, independent_frames)
         return hidden + self.mlp(self.mlp_norm(hidden))

@@ -12,6 +12,7 @@ docs/architecture.md.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +21,19 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .action_space import num_choices
+from .attention import (
+    AUTO_ATTN_IMPLEMENTATION,
+    DREAMER_ATTENTION_FUNCTIONS,
+    check_attn_implementation,
+    resolve_attn_implementation,
+    time_attention_mask,
+)
 from .configuration_dreamer import DreamerConfig
+from .distributions import twohot_bins
 from .heads import DreamerPolicyHead, DreamerRewardHead, DreamerValueHead, DreamerZeroLinear
 from .layers import DreamerBlock, DreamerRMSNorm, rotary_tables
-from .objectives import twohot_bins
+from .validation import check_local_checkpoint, check_model_inputs
 
 
 @dataclass
@@ -58,10 +68,7 @@ class DreamerActionEmbedding(nn.Module):
         super().__init__()
         self.action_space = config.action_space
         self.components = nn.ModuleDict(
-            {
-                name: nn.Embedding(spec["n"] if spec["type"] == "categorical" else 2, config.hidden_size)
-                for name, spec in config.action_space.items()
-            }
+            {name: nn.Embedding(num_choices(spec), config.hidden_size) for name, spec in config.action_space.items()}
         )
         self.base = nn.Parameter(torch.zeros(config.hidden_size))
         self.no_action = nn.Parameter(torch.zeros(config.hidden_size))
@@ -78,11 +85,6 @@ class DreamerActionEmbedding(nn.Module):
         no_action = self.no_action.expand(batch, frames, -1)
         if actions is None:
             return no_action
-        if set(actions) != set(self.components):
-            raise KeyError(
-                f"DreamerModel: actions has components {sorted(actions)}, the config's action_space has "
-                f"{sorted(self.components)}"
-            )
         labeled = (
             torch.ones(batch, frames, dtype=torch.bool, device=no_action.device)
             if action_mask is None
@@ -92,7 +94,7 @@ class DreamerActionEmbedding(nn.Module):
         for name, table in self.components.items():
             value = actions[name].to(no_action.device)
             if self.action_space[name]["type"] == "binary":
-                index = (value.float() >= 0.5).long()
+                index = (value.float() >= 0.5).long()  # bool or 0/1 (checked); unlabeled entries: anything
             else:
                 index = torch.where(labeled, value.long(), 0)  # unlabeled entries may hold anything
             embedded = embedded + table(index)
@@ -125,18 +127,14 @@ class DreamerFrameEmbeddings(nn.Module):
         return x.reshape(b, t, (height // p) * (width // p), c * p * p)
 
     def noise_indices(self, signal_level: torch.Tensor, step_size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """tau -> ``round(tau * K_max)`` in ``0..K_max``; d -> ``log2(1 / d)`` in ``0..log2(K_max)``."""
+        """tau -> ``round(tau * K_max)`` in ``0..K_max``; d -> ``round(log2(1 / d))`` in ``0..log2(K_max)``.
+        Values are checked to lie on these grids (``validation.check_model_inputs``) before."""
         k_max = self.config.k_max
         tau_index = torch.round(signal_level.float() * k_max).long()
         if step_size is None:
             step_index = torch.full_like(tau_index, int(math.log2(k_max)))
         else:
             step_index = torch.round(-torch.log2(step_size.float())).long()
-        if not torch.compiler.is_compiling():
-            if tau_index.min() < 0 or tau_index.max() > k_max:
-                raise ValueError(f"DreamerModel: signal_level must lie in [0, 1], got [{signal_level.min()}, {signal_level.max()}]")
-            if step_index.min() < 0 or step_index.max() > math.log2(k_max):
-                raise ValueError(f"DreamerModel: step_size must be 1/K for K in 1..{k_max} (powers of two)")
         return tau_index, step_index
 
     def forward(
@@ -163,7 +161,7 @@ class DreamerAgentTokens(nn.Module):
     def __init__(self, config: DreamerConfig) -> None:
         super().__init__()
         self.task_embed = nn.Embedding(config.num_tasks, config.hidden_size)
-        self.slots = nn.Parameter(torch.zeros(config.agent_tokens_per_frame, config.hidden_size))
+        self.slots = nn.Parameter(torch.zeros(config.num_agent_tokens, config.hidden_size))
 
     def forward(self, task_ids: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor:
         """``task_ids (B,)`` or ``(B, T)`` long, None = task 0 -> ``(B, T, A, D)``."""
@@ -181,6 +179,7 @@ class DreamerPreTrainedModel(PreTrainedModel):
     base_model_prefix = "dreamer"
     main_input_name = "latents"
     supports_gradient_checkpointing = True
+    # Also the default FSDP wrap classes (Accelerate's transformer-based wrap policy reads it).
     _no_split_modules = ["DreamerBlock"]
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -193,6 +192,32 @@ class DreamerPreTrainedModel(PreTrainedModel):
     def parameter_role(cls, name: str) -> str:
         """``"backbone"``, ``"agent"`` or ``"heads"`` for a parameter name of this model."""
         return cls.module_roles.get(name.split(".", 1)[0], "backbone")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, after checking a local checkpoint folder: a missing
+        folder, a missing ``config.json`` or a truncated ``model.safetensors`` raise an ``OSError``
+        naming the folder and the file (``validation.check_local_checkpoint``)."""
+        if pretrained_model_name_or_path is not None:
+            check_local_checkpoint(
+                pretrained_model_name_or_path,
+                subfolder=kwargs.get("subfolder") or "",
+                need_config=kwargs.get("config") is None,
+                who=f"{cls.__name__}.from_pretrained",
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """transformers' hook that validates ``attn_implementation``: None (not asked for) becomes
+        ``"auto"`` (chosen per device at run time, ``attention.resolve_attn_implementation``); the
+        project's own names are accepted; an implementation that cannot apply the configured logit
+        soft cap is refused here, when the model is built."""
+        if requested_attention in (None, AUTO_ATTN_IMPLEMENTATION):
+            return AUTO_ATTN_IMPLEMENTATION
+        check_attn_implementation(requested_attention, self.config.attn_logit_softcapping)
+        if requested_attention in DREAMER_ATTENTION_FUNCTIONS:
+            return requested_attention
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -227,17 +252,32 @@ class DreamerModel(DreamerPreTrainedModel):
         self.latent_out = nn.Linear(config.hidden_size, config.latent_channels * p * p)
         self.post_init()
 
-    def _check_inputs(
-        self, latents: torch.Tensor, signal_level: torch.Tensor, independent_frames: torch.Tensor | None
+    def get_input_embeddings(self) -> nn.Module:
+        """The module that turns a frame's inputs into tokens (Accelerate's FSDP2 preparation shards
+        it as its own unit). There is no vocabulary: it is not an ``nn.Embedding``."""
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings = value
+
+    def validate_inputs(
+        self,
+        latents: torch.Tensor,
+        signal_level: torch.Tensor,
+        step_size: torch.Tensor | None = None,
+        actions: dict[str, torch.Tensor] | None = None,
+        action_mask: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        independent_frames: torch.Tensor | None = None,
+        agent_tokens: torch.Tensor | None = None,
+        synchronous: bool | None = None,
     ) -> None:
-        c = self.config
-        expected = (c.latent_channels, c.latent_height, c.latent_width)
-        if latents.dim() != 5 or tuple(latents.shape[2:]) != expected:
-            raise ValueError(f"DreamerModel: latents must be (B, T, {', '.join(map(str, expected))}), got {tuple(latents.shape)}")
-        if tuple(signal_level.shape) != tuple(latents.shape[:2]):
-            raise ValueError(f"DreamerModel: signal_level must be (B, T) = {tuple(latents.shape[:2])}, got {tuple(signal_level.shape)}")
-        if independent_frames is not None and tuple(independent_frames.shape) != tuple(latents.shape[:1]):
-            raise ValueError(f"DreamerModel: independent_frames must be (B,) = ({latents.shape[0]},), got {tuple(independent_frames.shape)}")
+        """Raise ``ValueError`` naming the argument (and action component) of an invalid input; what
+        is checked where: ``validation.check_model_inputs``. ``forward`` calls it first."""
+        check_model_inputs(
+            self.config, latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames,
+            agent_tokens, synchronous=synchronous, where=type(self).__name__,
+        )
 
     def forward(
         self,
@@ -249,24 +289,30 @@ class DreamerModel(DreamerPreTrainedModel):
         task_ids: torch.Tensor | None = None,
         independent_frames: torch.Tensor | None = None,
         agent_tokens: torch.Tensor | None = None,
+        skip_input_checks: bool = False,
     ) -> DreamerModelOutput:
         """Predict clean latents.
 
         Args:
             latents: ``(B, T, C, H, W)`` noisy latents (cast to the model's dtype).
-            signal_level: ``(B, T)`` tau in [0, 1], 1 = clean.
+            signal_level: ``(B, T)`` tau in [0, 1] on the grid ``k / K_max``, 1 = clean.
             step_size: ``(B, T)`` d in {1, 1/2, ..., 1/K_max}; None = ``1 / K_max``.
             actions: ``{name: (B, T)}``; ``actions[t]`` is taken at frame t and enters frame t + 1.
             action_mask: ``(B, T)`` bool, True where ``actions[t]`` is labeled (None: all labeled).
-            task_ids: accepted for a call signature shared with :class:`DreamerAgentModel`; unused here.
+            task_ids: accepted for a call signature shared with :class:`DreamerAgentModel`; only
+                checked here.
             independent_frames: ``(B,)`` bool; flagged examples' frames see nothing of each other.
             agent_tokens: ``(B, T, A, D)`` extra tokens appended to every frame behind the agent
                 firewall (used by :class:`DreamerAgentModel`).
+            skip_input_checks: True when the caller already ran :meth:`validate_inputs`.
         Returns:
             :class:`DreamerModelOutput` with ``latent_pred (B, T, C, H, W)`` and, if agent tokens
             were given, their final states ``agent_states (B, T, A, D)`` (before any norm).
         """
-        self._check_inputs(latents, signal_level, independent_frames)
+        if not skip_input_checks:
+            self.validate_inputs(
+                latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames, agent_tokens
+            )
         b, t = latents.shape[:2]
         latents = latents.to(self.dtype)
         if independent_frames is not None:
@@ -278,11 +324,14 @@ class DreamerModel(DreamerPreTrainedModel):
         c = self.config
         space_rope = rotary_tables(hidden.shape[2], c.head_dim, c.rope_theta, hidden.device)
         time_rope = rotary_tables(t, c.head_dim, c.rope_theta, hidden.device)
+        implementation = resolve_attn_implementation(c._attn_implementation, hidden.device, c.attn_logit_softcapping)
+        time_mask = time_attention_mask(implementation, t, t, hidden.device)
         for layer in self.layers:
             hidden = layer(
                 hidden,
-                space_rope=space_rope,
-                time_rope=time_rope,
+                space_position_embeddings=space_rope,
+                time_position_embeddings=time_rope,
+                time_attention_mask=time_mask,
                 num_agent_tokens=num_agent,
                 independent_frames=independent_frames,
             )
@@ -322,6 +371,30 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         self.value_head = DreamerValueHead(config)
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The backbone's frame embeddings (see :meth:`DreamerModel.get_input_embeddings`)."""
+        return self.dreamer.embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.dreamer.embeddings = value
+
+    def validate_inputs(
+        self,
+        latents: torch.Tensor,
+        signal_level: torch.Tensor,
+        step_size: torch.Tensor | None = None,
+        actions: dict[str, torch.Tensor] | None = None,
+        action_mask: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        independent_frames: torch.Tensor | None = None,
+        synchronous: bool | None = None,
+    ) -> None:
+        """As :meth:`DreamerModel.validate_inputs`; ``forward`` calls it first."""
+        check_model_inputs(
+            self.config, latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames,
+            synchronous=synchronous, where=type(self).__name__,
+        )
+
     def forward(
         self,
         latents: torch.Tensor,
@@ -336,6 +409,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
 
         ``agent_hidden`` is the mean over the frame's agent tokens of their RMS-normalised final states.
         """
+        self.validate_inputs(latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames)
         b, t = latents.shape[:2]
         agent_inputs = self.agent_tokens(task_ids, b, t)
         out = self.dreamer(
@@ -346,6 +420,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
             action_mask=action_mask,
             independent_frames=independent_frames,
             agent_tokens=agent_inputs,
+            skip_input_checks=True,
         )
         agent_hidden = self.agent_norm(out.agent_states).mean(dim=2)
         return DreamerAgentOutput(
@@ -366,7 +441,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         """Grow a :class:`DreamerModel` checkpoint into an agent model, and check the loading report.
 
         ``kwargs`` go to ``from_pretrained``: config fields the backbone does not use
-        (``num_tasks``, ``agent_tokens_per_frame``, ``mtp_length``, ``num_bins``, ``bins_low``,
+        (``num_tasks``, ``num_agent_tokens``, ``mtp_length``, ``num_bins``, ``bins_low``,
         ``bins_high``, ``head_hidden_size``, ``head_layers``) may be overridden there. Raises
         ``ValueError`` if any weight outside the agent modules is missing, or if any checkpoint weight
         is unexpected or of the wrong shape (a changed backbone field, e.g. the action space).

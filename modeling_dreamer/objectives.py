@@ -5,7 +5,8 @@ All loss math runs in float32 whatever the dtype of the inputs (mixed precision 
 model's outputs). See ``docs/objectives.md`` for the choices the paper leaves open.
 
 Sections:
-- symlog / symexp and the twohot distribution (reward and value heads),
+- the twohot loss (reward and value heads; symlog / symexp and the twohot encoding itself are in
+  ``distributions.py`` and re-exported here),
 - multi-token prediction (MTP) targets and losses (phase 2, eq. 9),
 - shortcut forcing with x-prediction (phases 1 and 2, eq. 6-8),
 - ``RunningRMS`` / ``LossNormalizer``: per-term loss normalisation, synchronised across processes.
@@ -22,36 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The head distributions live with the model (which must not import this module); re-exported here
+# so that `modeling_dreamer.objectives.twohot_encode` etc. keep working.
+from .distributions import _check_bins, symexp, symlog, twohot_bins, twohot_decode, twohot_encode
+
+__all__ = [
+    "symlog", "symexp", "twohot_bins", "twohot_encode", "twohot_decode", "twohot_out_of_range",
+    "soft_cross_entropy", "twohot_loss", "MTPLoss", "mtp_targets", "mtp_reward_loss", "mtp_policy_loss",
+    "ShortcutLoss", "sample_signal_and_step", "add_noise", "bootstrap_target", "shortcut_forcing_loss",
+    "RunningRMS", "LossNormalizer",
+]
+
 
 # ----------------------------------------------------------------------------------------------
-# symlog and twohot
+# twohot loss
 # ----------------------------------------------------------------------------------------------
-
-
-def symlog(x: torch.Tensor) -> torch.Tensor:
-    """``sign(x) * log(1 + |x|)``, elementwise."""
-    return torch.sign(x) * torch.log1p(torch.abs(x))
-
-
-def symexp(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`symlog`: ``sign(x) * (exp(|x|) - 1)``, elementwise."""
-    return torch.sign(x) * torch.expm1(torch.abs(x))
-
-
-def twohot_bins(num_bins: int, low: float, high: float) -> torch.Tensor:
-    """Bin centres, uniformly spaced in symlog space over ``[low, high]``.
-
-    ``low`` and ``high`` are symlog-space values (e.g. ``symlog(-10) ~ -2.4``). Returns ``(num_bins,)``
-    float32.
-    """
-    if num_bins < 2 or not high > low:
-        raise ValueError(f"twohot_bins needs num_bins >= 2 and high > low, got {num_bins}, [{low}, {high}]")
-    return torch.linspace(low, high, num_bins, dtype=torch.float32)
-
-
-def _check_bins(bins: torch.Tensor, where: str) -> None:
-    if bins.dim() != 1 or bins.numel() < 2:
-        raise ValueError(f"objectives.{where}: bins must be a 1-D tensor of >= 2 centres, got shape {tuple(bins.shape)}")
 
 
 def twohot_out_of_range(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
@@ -64,38 +50,6 @@ def twohot_out_of_range(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     y = symlog(x.float())
     bins = bins.to(device=y.device, dtype=torch.float32)
     return (y < bins[0]) | (y > bins[-1])
-
-
-def twohot_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Twohot weights of values over bins uniformly spaced in symlog space (DreamerV3).
-
-    x: ``(...)`` values in the original space; bins: ``(num_bins,)`` ascending symlog-space centres.
-    Returns ``(..., num_bins)`` float32: ``symlog(x)``, clamped to ``[bins[0], bins[-1]]``, split
-    linearly between its two neighbour bins, so each row sums to 1 with at most two nonzero
-    weights and ``sum(weights * bins) == clamp(symlog(x))``. A NaN input gives NaN weights.
-    """
-    _check_bins(bins, "twohot_encode")
-    bins = bins.to(device=x.device, dtype=torch.float32)
-    y = symlog(x.float()).clamp(bins[0], bins[-1])
-    # Index of the left neighbour; the right edge itself belongs to the last interval.
-    lo = (torch.searchsorted(bins, y.reshape(-1), right=True) - 1).clamp(0, bins.numel() - 2).reshape(y.shape)
-    left, right = bins[lo], bins[lo + 1]
-    w_right = (y - left) / (right - left)
-    weights = torch.zeros(*y.shape, bins.numel(), dtype=torch.float32, device=y.device)
-    weights.scatter_(-1, lo.unsqueeze(-1), (1.0 - w_right).unsqueeze(-1))
-    weights.scatter_add_(-1, (lo + 1).unsqueeze(-1), w_right.unsqueeze(-1))
-    return weights
-
-
-def twohot_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """Expected value of a twohot head, back in the original space.
-
-    logits: ``(..., num_bins)``; bins: ``(num_bins,)`` symlog-space centres.
-    Returns ``(...)`` float32 ``symexp(sum(softmax(logits) * bins))``.
-    """
-    _check_bins(bins, "twohot_decode")
-    probs = torch.softmax(logits.float(), dim=-1)
-    return symexp((probs * bins.to(device=logits.device, dtype=torch.float32)).sum(-1))
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:

@@ -1,82 +1,55 @@
 """Behaviour of the Dreamer model: shapes, attention backends, firewall, causality, independent
-frames, GQA, gradient checkpointing and head initialisation (code review items 5 and 10)."""
+frames, GQA, input checks, gradient checkpointing, RoPE, mixed precision and head initialisation
+(code review items 5 and 10)."""
 
 from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
+from model_helpers import agent_outputs, make_inputs
+from torch import nn
 
-from modeling_dreamer import DreamerAgentModel, DreamerConfig, DreamerModel
-from modeling_dreamer.layers import attention
+from modeling_dreamer import DreamerAgentModel, DreamerModel
+from modeling_dreamer.attention import (
+    get_attention_function,
+    resolve_attn_implementation,
+    sdpa_stacked_attention_forward,
+    time_attention_mask,
+)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: on a shared 2-core machine the second thread's synchronisation costs
-    more than it gains (measured 2-3x slower). Restored afterwards for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ACTION_SPACE = {"move": {"type": "categorical", "n": 5}, "jump": {"type": "binary"}}
+# Every backend with the settings it runs exactly: sdpa cannot apply the soft cap.
+BACKENDS = [("eager", 50.0), ("sdpa", None), ("flex_attention", 50.0), ("auto", 50.0)]
 
 
-def small_config(**overrides) -> DreamerConfig:
-    """Fixture-sized latents (8, 4, 4), two space and two time layers, GQA 4/2, 2 agent tokens."""
-    fields = dict(
-        latent_channels=8, latent_height=4, latent_width=4, hidden_size=32, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, time_every=2, num_register_tokens=2, k_max=8,
-        action_space=ACTION_SPACE, num_tasks=3, agent_tokens_per_frame=2, mtp_length=2, num_bins=11,
-        head_hidden_size=16, head_layers=2,
-    )
-    return DreamerConfig(**{**fields, **overrides})
+@pytest.fixture
+def make_model(make_config):
+    """``make_model(cls, attn, seed, **overrides)``: a small model in eval mode. The zero-initialised
+    reward and value output layers are redrawn (tests that need the real initialisation build the
+    model themselves), so that every output carries signal."""
 
+    def build(cls=DreamerAgentModel, attn: str = "eager", seed: int = 0, **overrides):
+        torch.manual_seed(seed)
+        config = make_config(**overrides)
+        config._attn_implementation = attn
+        model = cls(config).eval()
+        if cls is DreamerAgentModel:
+            with torch.no_grad():
+                for head in (model.reward_head, model.value_head):
+                    head.out.weight.normal_(std=0.5)
+        return model
 
-def make_model(cls=DreamerAgentModel, attn: str = "eager", seed: int = 0, **overrides):
-    """A small model in eval mode. The zero-initialised reward and value output layers are redrawn
-    (tests that need the real initialisation reset them), so that every output carries signal."""
-    torch.manual_seed(seed)
-    config = small_config(**overrides)
-    config._attn_implementation = attn
-    model = cls(config).eval()
-    if cls is DreamerAgentModel:
-        with torch.no_grad():
-            for head in (model.reward_head, model.value_head):
-                head.out.weight.normal_(std=0.5)
-    return model
-
-
-def make_inputs(batch: int = 2, frames: int = 6, seed: int = 1) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return dict(
-        latents=torch.randn(batch, frames, 8, 4, 4, generator=g),
-        signal_level=torch.randint(0, 9, (batch, frames), generator=g) / 8,
-        step_size=1.0 / 2 ** torch.randint(0, 4, (batch, frames), generator=g).float(),
-        actions={
-            "move": torch.randint(0, 5, (batch, frames), generator=g),
-            "jump": torch.rand(batch, frames, generator=g) > 0.5,
-        },
-    )
-
-
-def agent_outputs(out) -> dict[str, torch.Tensor]:
-    """Every per-frame output of the agent model, flattened to a name -> (B, T, ...) dict."""
-    fields = {
-        "latent_pred": out.latent_pred,
-        "agent_hidden": out.agent_hidden,
-        "reward_logits": out.reward_logits,
-        "value_logits": out.value_logits,
-    }
-    fields.update({f"policy/{k}": v for k, v in out.policy_logits.items()})
-    return fields
+    return build
 
 
 @torch.no_grad()
-def test_output_shapes_follow_design():
+def test_output_shapes_follow_design(make_model):
     model = make_model()
     out = model(**make_inputs(batch=2, frames=5))
     assert out.latent_pred.shape == (2, 5, 8, 4, 4)
@@ -87,10 +60,11 @@ def test_output_shapes_follow_design():
     assert list(out.policy_logits) == list(ACTION_SPACE)
     assert model.reward_bins().shape == (11,)
     assert model.reward_bins()[0] == -5.0 and model.reward_bins()[-1] == 5.0
+    assert model.agent_tokens.slots.shape == (2, 32)  # num_agent_tokens = 2
 
 
 @torch.no_grad()
-def test_patch_size_two_keeps_latent_shape_and_token_count():
+def test_patch_size_two_keeps_latent_shape_and_token_count(make_model):
     model = make_model(DreamerModel, patch_size=2)
     assert model.config.num_latent_tokens == 4
     latents = make_inputs()["latents"]
@@ -102,83 +76,243 @@ def test_patch_size_two_keeps_latent_shape_and_token_count():
 
 
 @torch.no_grad()
-def test_dynamics_model_accepts_the_shared_signature():
+def test_dynamics_model_accepts_the_shared_signature(make_model):
     model = make_model(DreamerModel)
     out = model(**make_inputs(), task_ids=torch.tensor([0, 1]), independent_frames=torch.tensor([True, False]))
     assert out.latent_pred.shape == (2, 6, 8, 4, 4) and out.agent_states is None
 
 
-def test_bad_inputs_raise_clear_errors():
+def test_action_tables_and_policy_outputs_are_sized_by_the_action_space(make_model):
+    model = make_model()
+    tables = model.dreamer.embeddings.actions.components
+    assert (tables["move"].num_embeddings, tables["jump"].num_embeddings) == (5, 2)
+    assert (model.policy_head.out["move"].out_features, model.policy_head.out["jump"].out_features) == (3 * 5, 3 * 1)
+
+
+# --- input checks ---------------------------------------------------------------------------
+
+
+def _replace(inputs: dict, **changes) -> dict:
+    out = {**inputs, "actions": dict(inputs["actions"])}
+    for key, value in changes.items():
+        if key.startswith("actions_"):
+            out["actions"][key.removeprefix("actions_")] = value
+        else:
+            out[key] = value
+    return out
+
+
+BAD_INPUTS = {
+    # name: (changes to make_inputs(batch=2, frames=6), expected message)
+    "latent shape": (lambda i: {"latents": i["latents"][:, :, :4]}, r"latents must have shape \(B, T, 8, 4, 4\)"),
+    "signal_level shape": (lambda i: {"signal_level": i["signal_level"][:, :5]}, r"signal_level must have shape"),
+    "signal_level above 1": (lambda i: {"signal_level": i["signal_level"] + 2}, r"signal_level must lie in \[0, 1\]"),
+    "signal_level below 0": (lambda i: {"signal_level": i["signal_level"] - 1}, r"signal_level must lie in \[0, 1\]"),
+    "signal_level off grid": (lambda i: {"signal_level": torch.full((2, 6), 0.3)}, r"signal_level .* grid k / K_max"),
+    "signal_level NaN": (lambda i: {"signal_level": torch.full((2, 6), float("nan"))}, r"signal_level must lie"),
+    "step_size too fine": (lambda i: {"step_size": torch.full((2, 6), 1 / 64)}, r"step_size must be 1/K for K in 1, 2, 4, \.\.\., 8"),
+    "step_size off grid": (lambda i: {"step_size": torch.full((2, 6), 0.26)}, r"step_size must be 1/K"),
+    "step_size above 1": (lambda i: {"step_size": torch.full((2, 6), 2.0)}, r"step_size must be 1/K"),
+    "step_size shape": (lambda i: {"step_size": torch.ones(2)}, r"step_size must have shape"),
+    "actions batch 1 broadcast": (
+        lambda i: {"actions_move": i["actions"]["move"][:1]}, r"actions\['move'\] must have shape \(B, T\) = \(2, 6\), got \(1, 6\)"
+    ),
+    "actions transposed": (lambda i: {"actions_jump": torch.zeros(6, 2, dtype=torch.bool)}, r"actions\['jump'\] must have shape"),
+    "categorical out of range": (
+        lambda i: {"actions_move": torch.full((2, 6), 5)}, r"actions\['move'\] \(categorical\) must hold class indices in \[0, 5\)"
+    ),
+    "categorical negative": (lambda i: {"actions_move": torch.full((2, 6), -1)}, r"actions\['move'\] .* \[0, 5\)"),
+    "categorical float": (lambda i: {"actions_move": i["actions"]["move"].float()}, r"actions\['move'\] is categorical .* integer"),
+    "binary not 0/1": (lambda i: {"actions_jump": torch.full((2, 6), 2)}, r"actions\['jump'\] \(binary\) must hold bool or 0/1"),
+    "binary probability": (lambda i: {"actions_jump": torch.full((2, 6), 0.7)}, r"actions\['jump'\] \(binary\)"),
+    "missing component": (lambda i: {"actions": {"move": i["actions"]["move"]}}, r"actions has components \['move'\].*\['jump', 'move'\]"),
+    "action_mask shape": (lambda i: {"action_mask": torch.ones(2, 5, dtype=torch.bool)}, r"action_mask must have shape"),
+    "action_mask values": (lambda i: {"action_mask": torch.full((2, 6), 3)}, r"action_mask must be bool or 0/1"),
+    "task_ids range": (lambda i: {"task_ids": torch.tensor([0, 3])}, r"task_ids must lie in \[0, num_tasks = 3\)"),
+    "task_ids negative": (lambda i: {"task_ids": torch.full((2, 6), -1)}, r"task_ids must lie in"),
+    "task_ids shape": (lambda i: {"task_ids": torch.zeros(3, dtype=torch.long)}, r"task_ids must have shape"),
+    "task_ids float": (lambda i: {"task_ids": torch.zeros(2)}, r"task_ids must be integers"),
+    "independent_frames shape": (lambda i: {"independent_frames": torch.ones(2, 6, dtype=torch.bool)}, r"independent_frames must have shape \(B,\)"),
+    "independent_frames values": (lambda i: {"independent_frames": torch.tensor([0, 2])}, r"independent_frames must be bool or 0/1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_invalid_inputs_raise_value_errors_naming_the_argument(make_model, case):
     model = make_model()
     inputs = make_inputs()
-    with pytest.raises(ValueError, match="latents must be"):
-        model(**{**inputs, "latents": inputs["latents"][:, :, :4]})
-    with pytest.raises(ValueError, match="signal_level must"):
-        model(**{**inputs, "signal_level": inputs["signal_level"] + 2})
-    with pytest.raises(ValueError, match="step_size"):
-        model(**{**inputs, "step_size": torch.full((2, 6), 1 / 64)})
-    with pytest.raises(ValueError, match="independent_frames must be"):
-        model(**inputs, independent_frames=torch.ones(2, 6, dtype=torch.bool))
-    with pytest.raises(KeyError, match="jump"):
-        model(**{**inputs, "actions": {"move": inputs["actions"]["move"]}})
+    changes, message = BAD_INPUTS[case]
+    with pytest.raises(ValueError, match=message):
+        model(**_replace(inputs, **changes(inputs)))
 
 
-# --- attention backends and GQA -------------------------------------------------------------
+@torch.no_grad()
+def test_valid_edge_inputs_are_accepted_and_unlabeled_actions_may_hold_anything(make_model):
+    model = make_model()
+    inputs = make_inputs(frames=4)
+    reference = model(**inputs).latent_pred
+    # Grid values within the stated tolerance are rounded to the grid: same output.
+    nudged = _replace(inputs, signal_level=inputs["signal_level"] + 1e-5, step_size=inputs["step_size"] * (1 + 1e-5))
+    assert torch.equal(model(**nudged).latent_pred, reference)
+    # 0/1 integers and bools are the same binary action.
+    as_int = _replace(inputs, actions_jump=inputs["actions"]["jump"].long())
+    assert torch.equal(model(**as_int).latent_pred, reference)
+    # Unlabeled entries are not checked (e.g. -1 as "missing").
+    mask = torch.tensor([[True, False, True, True], [True, True, True, False]])
+    move = inputs["actions"]["move"].clone()
+    move[~mask] = -1
+    jump = inputs["actions"]["jump"].long()
+    jump[~mask] = 7
+    model(**_replace(inputs, actions_move=move, actions_jump=jump), action_mask=mask)
+    model(**inputs, task_ids=torch.tensor([[0, 1, 2, 2], [2, 1, 0, 0]]), independent_frames=torch.tensor([1, 0]))
 
 
-def reference_attention(q, k, v, causal: bool, softcap: float | None) -> torch.Tensor:
-    """Per-head float64 loop: query head h reads KV head h // (H / KV)."""
-    n, heads, length, dim = q.shape
+def test_fused_asynchronous_check_trips_on_a_bad_value(make_model):
+    """The CUDA path (one flag through torch._assert_async, no host sync); on CPU the assertion
+    raises at once, which shows that the fused flag is computed right."""
+    model = make_model()
+    inputs = make_inputs()
+    model.validate_inputs(**inputs, synchronous=False)  # valid: nothing raised
+    bad = _replace(inputs, actions_move=torch.full((2, 6), 9))
+    with pytest.raises(RuntimeError):
+        model.validate_inputs(**bad, synchronous=False)
+    with pytest.raises(ValueError, match=r"actions\['move'\]"):
+        model.validate_inputs(**bad, synchronous=True)
+
+
+# --- attention functions and backends -------------------------------------------------------
+
+
+def reference_attention(q, k, v, mask: torch.Tensor | None, softcap: float | None) -> torch.Tensor:
+    """Per-head float64 loop: query head h reads KV head h // (H / KV). Returns (N, Lq, H, Dh)."""
+    n, heads, q_len, dim = q.shape
     groups = heads // k.shape[1]
-    out = torch.empty(n, heads, length, dim, dtype=torch.float64)
+    out = torch.empty(n, heads, q_len, dim, dtype=torch.float64)
     for h in range(heads):
         logits = q[:, h].double() @ k[:, h // groups].double().transpose(-1, -2) / dim**0.5
         if softcap is not None:
             logits = softcap * torch.tanh(logits / softcap)
-        if causal:
-            logits = logits.masked_fill(torch.ones(length, length).triu(1).bool(), float("-inf"))
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
         out[:, h] = torch.softmax(logits, dim=-1) @ v[:, h // groups].double()
-    return out
+    return out.transpose(1, 2)
 
 
-@pytest.mark.parametrize("num_kv", [4, 2, 1])
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize(
-    "impl,softcap", [("eager", None), ("eager", 2.0), ("sdpa", None), ("flex_attention", None), ("flex_attention", 2.0)]
-)
-def test_attention_matches_per_head_reference(num_kv, causal, impl, softcap):
+class _Module(nn.Module):
+    """What transformers' attention functions read from the calling module."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.num_key_value_groups = groups
+        self.is_causal = False
+
+
+MASKS = {
+    # name: (q_len, kv_len, q_offset, kv_offset, window, hand-written mask: may query i read key j?)
+    "none": (7, 7, 0, 0, None, None),
+    "causal": (7, 7, 0, 0, None, lambda i, j: j <= i),
+    "cached step": (1, 6, 5, 0, None, lambda i, j: j <= i + 5),  # one new frame against a cache
+    "cached step, window 3": (1, 6, 5, 0, 3, lambda i, j: 5 + i - 3 < j <= 5 + i),
+    "window 2, shifted cache": (3, 5, 4, 2, 2, lambda i, j: 4 + i - 2 < 2 + j <= 4 + i),
+}
+
+
+def _function_cases() -> list[tuple[str, float | None, str, int]]:
+    """(implementation, softcap, mask, KV heads of 4 query heads): the fast functions over the whole
+    grid; flex (uncompiled on CPU, ~0.5 s a call with a mask) over each mask once and each head layout once."""
+    cases = [
+        (impl, cap, mask, kv)
+        for impl, cap in [("eager", None), ("eager", 2.0), ("sdpa", None), ("sdpa_stacked", None)]
+        for mask in sorted(MASKS)
+        for kv in (4, 2, 1)
+    ]
+    cases += [("flex_attention", 2.0, mask, 2) for mask in sorted(MASKS)]
+    cases += [("flex_attention", None, "none", kv) for kv in (4, 1)] + [("flex_attention", None, "causal", 1)]
+    return cases
+
+
+@pytest.mark.parametrize("impl,softcap,mask_name,num_kv", _function_cases())
+def test_attention_functions_match_per_head_reference(num_kv, mask_name, impl, softcap):
+    q_len, kv_len, q_offset, kv_offset, window, allowed = MASKS[mask_name]
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(3, 4, 7, 8, generator=g) * 3  # large logits so that the cap matters
-    k, v = torch.randn(3, num_kv, 7, 8, generator=g) * 3, torch.randn(3, num_kv, 7, 8, generator=g)
-    expected = reference_attention(q, k, v, causal, softcap)
-    torch.testing.assert_close(attention(q, k, v, causal, softcap, impl).double(), expected, atol=1e-5, rtol=1e-5)
+    q = torch.randn(3, 4, q_len, 8, generator=g) * 3  # large logits so that the cap matters
+    k, v = torch.randn(3, num_kv, kv_len, 8, generator=g) * 3, torch.randn(3, num_kv, kv_len, 8, generator=g)
+    if allowed is None:
+        expected_mask = mask = None
+    else:
+        expected_mask = torch.tensor([[allowed(i, j) for j in range(kv_len)] for i in range(q_len)])
+        mask = time_attention_mask(impl, q_len, kv_len, q.device, q_offset, kv_offset, window)
+        if impl != "flex_attention":
+            assert torch.equal(mask, expected_mask[None, None])
+    function = sdpa_stacked_attention_forward if impl == "sdpa_stacked" else get_attention_function(impl)
+    out, _ = function(_Module(4 // num_kv), q, k, v, mask, scaling=8**-0.5, dropout=0.0, softcap=softcap)
+    assert out.shape == (3, q_len, 4, 8)
+    torch.testing.assert_close(out.double(), reference_attention(q, k, v, expected_mask, softcap), atol=1e-5, rtol=1e-5)
 
 
 def test_softcap_changes_attention():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 5, 8, generator=g) * 4 for _ in range(3))
-    assert not torch.allclose(attention(q, k, v, False, 2.0, "eager"), attention(q, k, v, False, None, "eager"))
+    eager = get_attention_function("eager")
+    capped, _ = eager(_Module(1), q, k, v, None, softcap=2.0)
+    uncapped, _ = eager(_Module(1), q, k, v, None, softcap=None)
+    assert not torch.allclose(capped, uncapped)
 
 
+def test_backend_that_cannot_apply_the_soft_cap_is_refused(make_config):
+    """sdpa has no soft cap: asking for it with a cap raises (at build time and, if the config is
+    changed afterwards, at run time) instead of computing attention without the cap."""
+    config = make_config(attn_logit_softcapping=50.0)
+    config._attn_implementation = "sdpa"
+    with pytest.raises(ValueError, match=r"'sdpa' cannot apply the attention logit soft cap \(attn_logit_softcapping=50.0\)"):
+        DreamerModel(config)
+    model = DreamerModel(make_config(attn_logit_softcapping=None))
+    model.config._attn_implementation = "sdpa"
+    model(**make_inputs())  # no cap: fine
+    model.config.attn_logit_softcapping = 50.0
+    with pytest.raises(ValueError, match="cannot apply the attention logit soft cap"):
+        model(**make_inputs())
+    capped = DreamerModel(make_config(attn_logit_softcapping=50.0))
+    with pytest.raises(ValueError, match="cannot apply"):
+        capped.set_attn_implementation("sdpa")
+    assert capped.config._attn_implementation == "auto"
+
+
+def test_auto_attention_picks_an_exact_path_per_device(make_config):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    assert resolve_attn_implementation("auto", cuda, 50.0) == "flex_attention"
+    assert resolve_attn_implementation("auto", cuda, None) == "sdpa"
+    assert resolve_attn_implementation("auto", cpu, 50.0) == "eager"
+    assert resolve_attn_implementation("auto", cpu, None) == "sdpa"
+    assert resolve_attn_implementation(None, cpu, 50.0) == "eager"
+    assert resolve_attn_implementation("flex_attention", cpu, 50.0) == "flex_attention"  # asked for: kept
+    # Unset -> "auto"; an explicit choice is kept; an unknown one is refused.
+    assert DreamerModel(make_config()).config._attn_implementation == "auto"
+    config = make_config()
+    config._attn_implementation = "eager"
+    assert DreamerModel(config).config._attn_implementation == "eager"
+    config._attn_implementation = "no_such_attention"
+    with pytest.raises(ValueError, match="no_such_attention"):
+        DreamerModel(config)
+
+
+@pytest.mark.parametrize("attn,softcap", [("sdpa", None), ("flex_attention", 50.0), ("flex_attention", None), ("auto", 50.0)])
 @torch.no_grad()
-def test_sdpa_matches_eager_without_cap_and_falls_back_to_eager_with_cap():
+def test_backends_match_eager_at_model_level(make_model, attn, softcap):
     inputs = {**make_inputs(), "independent_frames": torch.tensor([True, False])}
-    eager = make_model(attn="eager", attn_logit_softcap=None)
-    sdpa = make_model(attn="sdpa", attn_logit_softcap=None)
-    for name, value in agent_outputs(sdpa(**inputs)).items():
-        torch.testing.assert_close(value, agent_outputs(eager(**inputs))[name], atol=1e-5, rtol=1e-5, msg=name)
-    capped_eager, capped_sdpa = make_model(attn="eager"), make_model(attn="sdpa")
-    assert capped_sdpa.config.attn_logit_softcap == 50.0
-    assert torch.equal(capped_sdpa(**inputs).latent_pred, capped_eager(**inputs).latent_pred)
+    expected = agent_outputs(make_model(attn="eager", attn_logit_softcapping=softcap)(**inputs))
+    got = agent_outputs(make_model(attn=attn, attn_logit_softcapping=softcap)(**inputs))
+    for name, value in got.items():
+        torch.testing.assert_close(value, expected[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
 # --- agent firewall, causality, independent frames ------------------------------------------
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa", "flex_attention"])
+@pytest.mark.parametrize("attn,softcap", BACKENDS)
 @torch.no_grad()
-def test_agent_firewall_latent_pred_ignores_agent_tokens_and_tasks(attn):
-    model = make_model(attn=attn, attn_logit_softcap=None if attn == "sdpa" else 50.0)
+def test_agent_firewall_latent_pred_ignores_agent_tokens_and_tasks(make_model, attn, softcap):
+    model = make_model(attn=attn, attn_logit_softcapping=softcap)
     inputs = make_inputs()
     reference = model(**inputs, task_ids=torch.tensor([0, 0]))
     other_task = model(**inputs, task_ids=torch.tensor([[1, 2, 0, 1, 2, 0], [2, 2, 2, 1, 1, 1]]))
@@ -201,11 +335,11 @@ def perturb_from(inputs: dict, frame: int, seed: int = 7) -> dict:
     return out
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa", "flex_attention"])
+@pytest.mark.parametrize("attn,softcap", BACKENDS)
 @torch.no_grad()
-def test_time_causality_future_changes_no_past_output(attn):
+def test_time_causality_future_changes_no_past_output(make_model, attn, softcap):
     """Review item 10: agent (and every other) output at t sees nothing of frames > t."""
-    model = make_model(attn=attn, attn_logit_softcap=None if attn == "sdpa" else 50.0)
+    model = make_model(attn=attn, attn_logit_softcapping=softcap)
     inputs = make_inputs(frames=6)
     reference = agent_outputs(model(**inputs))
     for k in (1, 3, 5):
@@ -216,7 +350,7 @@ def test_time_causality_future_changes_no_past_output(attn):
 
 
 @torch.no_grad()
-def test_action_at_t_changes_nothing_up_to_t_and_changes_t_plus_one():
+def test_action_at_t_changes_nothing_up_to_t_and_changes_t_plus_one(make_model):
     model = make_model()
     inputs = make_inputs(frames=6)
     reference = agent_outputs(model(**inputs))
@@ -230,7 +364,7 @@ def test_action_at_t_changes_nothing_up_to_t_and_changes_t_plus_one():
 
 
 @torch.no_grad()
-def test_unlabeled_actions_use_the_no_action_embedding():
+def test_unlabeled_actions_use_the_no_action_embedding(make_model):
     model = make_model(DreamerModel)
     inputs = make_inputs(frames=4)
     mask = torch.tensor([[True, False, True, True], [True, True, True, True]])
@@ -249,10 +383,10 @@ def test_unlabeled_actions_use_the_no_action_embedding():
     )
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa", "flex_attention"])
+@pytest.mark.parametrize("attn,softcap", BACKENDS)
 @torch.no_grad()
-def test_independent_frames_isolate_frames_of_flagged_examples_only(attn):
-    model = make_model(attn=attn, attn_logit_softcap=None if attn == "sdpa" else 50.0)
+def test_independent_frames_isolate_frames_of_flagged_examples_only(make_model, attn, softcap):
+    model = make_model(attn=attn, attn_logit_softcapping=softcap)
     inputs = make_inputs(batch=2, frames=5)
     flag = torch.tensor([True, False])
     reference = agent_outputs(model(**inputs, independent_frames=flag))
@@ -280,7 +414,7 @@ def test_independent_frames_isolate_frames_of_flagged_examples_only(attn):
 # --- training behaviour ---------------------------------------------------------------------
 
 
-def test_gradient_checkpointing_gives_identical_gradients():
+def test_activation_checkpointing_gives_identical_gradients(make_model):
     def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
         model = make_model().train()
         if checkpointing:
@@ -297,10 +431,10 @@ def test_gradient_checkpointing_gives_identical_gradients():
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_reward_and_value_outputs_start_at_zero_and_policy_does_not():
+def test_reward_and_value_outputs_start_at_zero_and_policy_does_not(make_config):
     """Review item 5: one rule for reward and value (zero output layer, DreamerV3)."""
     torch.manual_seed(0)
-    model = DreamerAgentModel(small_config())
+    model = DreamerAgentModel(make_config())
     for head in (model.reward_head, model.value_head):
         assert torch.count_nonzero(head.out.weight) == 0 and torch.count_nonzero(head.out.bias) == 0
     out = model(**make_inputs())
@@ -308,11 +442,11 @@ def test_reward_and_value_outputs_start_at_zero_and_policy_does_not():
     assert torch.count_nonzero(out.policy_logits["move"]) > 0
 
 
-def test_every_head_parameter_gets_gradient_within_two_adamw_steps():
+def test_every_head_parameter_gets_gradient_within_two_adamw_steps(make_config):
     """Review item 5: zero output layers do not block learning. Step 1 trains the output layers
     (dL/dW = h^T dL/dy is nonzero), step 2 reaches the trunk below them."""
     torch.manual_seed(0)
-    model = DreamerAgentModel(small_config()).train()
+    model = DreamerAgentModel(make_config()).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     inputs = make_inputs()
     g = torch.Generator().manual_seed(3)
@@ -339,59 +473,123 @@ def test_every_head_parameter_gets_gradient_within_two_adamw_steps():
     assert any("reward_head.mlp" in n for n in got_gradient)  # the trunk is in the check
 
 
-def test_all_parameters_are_initialised_finite_and_small():
+def test_all_parameters_are_initialised_finite_and_small(make_config):
     torch.manual_seed(0)
-    model = DreamerAgentModel(small_config())
+    model = DreamerAgentModel(make_config())
     for name, p in model.named_parameters():
         assert torch.isfinite(p).all() and p.abs().max() <= 1.0 + 1e-6, name
 
 
-def test_model_casts_latents_to_its_dtype():
+def test_model_casts_latents_to_its_dtype(make_model):
     model = make_model(DreamerModel).to(torch.float64)
     inputs = make_inputs()
     out = model(**{**inputs, "latents": inputs["latents"].half()})
     assert out.latent_pred.dtype == torch.float64
 
 
-def test_rotary_embedding_scores_depend_only_on_relative_position():
+# --- RoPE, precision, what compilers and FSDP2 need ------------------------------------------
+
+
+def test_rotary_embedding_matches_a_complex_number_reference():
     from modeling_dreamer.layers import apply_rotary, rotary_tables
 
     g = torch.Generator().manual_seed(0)
-    q, k = torch.randn(16, generator=g), torch.randn(16, generator=g)
-    rotations = rotary_tables(12, 16, 10000.0, torch.device("cpu"))
+    x = torch.randn(2, 3, 7, 16, generator=g, dtype=torch.float64)
+    cos, sin = rotary_tables(7, 16, 10000.0, torch.device("cpu"), offset=2)
+    got = apply_rotary(x, cos, sin)
+    # Reference: pair i of position p is the complex number x[2i] + 1j x[2i+1] times exp(1j * p * theta^(-2i/16)).
+    positions = torch.arange(2, 9, dtype=torch.float64)[:, None]
+    angles = positions * 10000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    pairs = torch.complex(x[..., 0::2], x[..., 1::2]) * torch.exp(1j * angles)
+    expected = torch.stack([pairs.real, pairs.imag], dim=-1).flatten(-2)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)  # tables are float32
+    # Scores depend only on relative positions.
+    q, k = x[0, 0, 0], x[0, 0, 1]
+    cos, sin = rotary_tables(12, 16, 10000.0, torch.device("cpu"))
 
     def score(i: int, j: int) -> torch.Tensor:
-        return apply_rotary(q, rotations[i]) @ apply_rotary(k, rotations[j])
+        return apply_rotary(q, cos[i], sin[i]) @ apply_rotary(k, cos[j], sin[j])
 
-    torch.testing.assert_close(score(3, 1), score(9, 7))
-    torch.testing.assert_close(score(0, 0), q @ k)  # position 0 is the identity
+    torch.testing.assert_close(score(3, 1), score(9, 7), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(score(3, 1), score(1, 3))
-    torch.testing.assert_close(apply_rotary(q, rotations[5]).norm(), q.norm())
 
 
-def test_rotary_real_form_used_under_compile_equals_complex_form():
-    from modeling_dreamer.layers import rotary_tables, rotate_pairs_complex, rotate_pairs_real
+@torch.no_grad()
+def test_forward_runs_no_complex_operation(make_model):
+    """Inductor has no complex kernels: nothing in the forward may produce a complex tensor."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ComplexSpy(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(tensor, torch.Tensor) and tensor.is_complex():
+                    self.ops.append(str(func))
+            return out
+
+    model = make_model()
+    with ComplexSpy() as spy:
+        model(**make_inputs())
+    assert spy.ops == []
+
+
+def test_rms_norm_under_bf16_autocast_is_fused_and_matches_fp32():
+    from modeling_dreamer.layers import DreamerRMSNorm
 
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 7, 16)
-    rotations = rotary_tables(7, 16, 10000.0, x.device)
-    expected = rotate_pairs_complex(x, rotations)
-    torch.testing.assert_close(rotate_pairs_real(x, rotations), expected, atol=1e-6, rtol=1e-6)
-    # Independent check of one pair: position 3, pair 1 rotated by 3 * theta^(-2/16).
-    angle = 3 * 10000.0 ** (-2 / 16)
-    a, b = x[0, 0, 3, 2], x[0, 0, 3, 3]
-    torch.testing.assert_close(expected[0, 0, 3, 2:4], torch.stack([a * math.cos(angle) - b * math.sin(angle),
-                                                                     a * math.sin(angle) + b * math.cos(angle)]))
+    norm = DreamerRMSNorm(64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(4, 64) * 3
+    expected = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6) * norm.weight
+    with warnings.catch_warnings(record=True) as caught, torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("always")
+        got = norm(x.bfloat16())
+    assert not [w for w in caught if "Mismatch dtype" in str(w.message)]
+    assert got.dtype == torch.bfloat16 and norm.weight.dtype == torch.float32  # master weight stays fp32
+    torch.testing.assert_close(got.float(), expected.detach(), atol=0.05, rtol=0.01)
+
+
+@torch.no_grad()
+def test_model_under_bf16_autocast_warns_nothing_and_matches_fp32(make_model):
+    model = make_model()
+    inputs = make_inputs(frames=3)
+    expected = agent_outputs(model(**inputs))
+    with warnings.catch_warnings(record=True) as caught, torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("always")
+        got = agent_outputs(model(**inputs))
+    assert not [str(w.message) for w in caught if "Mismatch dtype" in str(w.message)]
+    for name, value in got.items():
+        scale = expected[name].abs().max()
+        torch.testing.assert_close(value.float(), expected[name], atol=0.03 * float(scale), rtol=0.03, msg=name)
+
+
+def test_input_embeddings_and_fsdp_wrap_policy_for_accelerate(make_model):
+    """What Accelerate's FSDP2 preparation calls: get_input_embeddings (its own shard unit), the
+    transformer wrap policy from `_no_split_modules`, the final norm under `base_model_prefix`."""
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import _find_final_norm, fsdp2_prepare_auto_wrap_policy
+
+    agent, backbone = make_model(), make_model(DreamerModel)
+    assert agent.get_input_embeddings() is agent.dreamer.embeddings
+    assert backbone.get_input_embeddings() is backbone.embeddings
+    assert agent.get_output_embeddings() is None  # nothing tied
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
+    plugin.set_auto_wrap_policy(agent)
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, agent)
+    wrapped = [name for name, module in agent.named_modules() if policy(module)]
+    assert wrapped == [f"dreamer.layers.{i}" for i in range(4)]
+    assert _find_final_norm(agent) is agent.dreamer.norm
 
 
 @pytest.mark.slow
-def test_torch_compile_matches_eager():
+def test_torch_compile_matches_eager(make_config):
     """The compiled model (real-arithmetic RoPE, Inductor kernels) computes what the eager model does."""
-    from modeling_dreamer import DreamerAgentModel, DreamerConfig
-
-    config = DreamerConfig.from_preset("tiny", latent_channels=4, latent_height=2, latent_width=2, hidden_size=32,
-                                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                       time_every=2, num_register_tokens=2, mtp_length=2, num_bins=9)
+    config = make_config(latent_channels=4, latent_height=2, latent_width=2, num_hidden_layers=2)
     torch.manual_seed(0)
     model = DreamerAgentModel(config).eval()
     latents, tau = torch.randn(2, 3, 4, 2, 2), torch.full((2, 3), 0.5)

@@ -1,5 +1,5 @@
-"""Hugging Face behaviour: save/load, growing a dynamics checkpoint into an agent, auto classes and
-Hub-style remote code."""
+"""Hugging Face behaviour: save/load, growing a dynamics checkpoint into an agent, auto classes,
+renamed config fields, clear errors for broken checkpoint folders and Hub-style remote code."""
 
 from __future__ import annotations
 
@@ -14,15 +14,19 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
+from conftest import SMALL_MODEL_FIELDS
+from model_helpers import agent_outputs, make_inputs
+
 from modeling_dreamer import DreamerAgentModel, DreamerConfig, DreamerModel
-from test_model import agent_outputs, make_inputs, one_thread, small_config  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 AGENT_KEY_PREFIXES = ("agent_tokens.", "agent_norm.", "reward_head.", "policy_head.", "value_head.")
 
 
 def fresh(cls, **overrides):
     torch.manual_seed(0)
-    return cls(small_config(**overrides)).eval()
+    return cls(DreamerConfig(**{**SMALL_MODEL_FIELDS, **overrides})).eval()
 
 
 @torch.no_grad()
@@ -70,7 +74,7 @@ def test_from_backbone_checks_the_report_and_takes_agent_overrides(tmp_path):
     with pytest.raises(ValueError, match="mismatched shapes"):  # ... and so do we if told to ignore it
         DreamerAgentModel.from_backbone(tmp_path, action_space=other_space, ignore_mismatched_sizes=True)
     with pytest.raises(ValueError, match="missing backbone weights"):
-        DreamerAgentModel.from_backbone(tmp_path, action_space={**small_config().action_space, "dash": {"type": "binary"}})
+        DreamerAgentModel.from_backbone(tmp_path, action_space={**SMALL_MODEL_FIELDS["action_space"], "dash": {"type": "binary"}})
 
 
 def test_agent_checkpoint_loads_back_into_a_dynamics_model(tmp_path):
@@ -82,17 +86,73 @@ def test_agent_checkpoint_loads_back_into_a_dynamics_model(tmp_path):
     assert torch.equal(backbone(**inputs).latent_pred, agent.dreamer(**inputs).latent_pred)
 
 
-def test_auto_classes_are_registered(tmp_path):
-    fresh(DreamerModel).save_pretrained(tmp_path)
-    assert isinstance(AutoConfig.from_pretrained(tmp_path), DreamerConfig)
-    assert type(AutoModel.from_pretrained(tmp_path)) is DreamerModel
+@torch.no_grad()
+def test_auto_model_gives_back_the_saved_class_with_every_weight(tmp_path):
+    """With the package imported, AutoModel follows the folder's `architectures`: an agent folder
+    gives a DreamerAgentModel with every weight loaded (none missing or unexpected)."""
+    inputs = make_inputs()
+    for cls in (DreamerAgentModel, DreamerModel):
+        folder = tmp_path / cls.__name__
+        model = fresh(cls)
+        if cls is DreamerAgentModel:
+            model.reward_head.out.weight.normal_()
+        model.save_pretrained(folder)
+        assert isinstance(AutoConfig.from_pretrained(folder), DreamerConfig)
+        loaded, info = AutoModel.from_pretrained(folder, output_loading_info=True)
+        assert type(loaded) is cls
+        assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+        assert set(loaded.state_dict()) == set(model.state_dict())
+        expected, got = model(**inputs), loaded.eval()(**inputs)
+        assert torch.equal(got.latent_pred, expected.latent_pred)
+        if cls is DreamerAgentModel:
+            assert torch.equal(got.reward_logits, expected.reward_logits)
+        config = json.loads((folder / "config.json").read_text())
+        assert config["architectures"] == [cls.__name__]
+        assert config["auto_map"] == {"AutoConfig": "configuration_dreamer.DreamerConfig", "AutoModel": f"modeling_dreamer.{cls.__name__}"}
+    assert type(AutoModel.from_config(DreamerConfig(**SMALL_MODEL_FIELDS))) is DreamerModel  # no architectures: the backbone
+
+
+def test_config_written_with_the_old_field_names_still_loads(tmp_path):
+    model = fresh(DreamerAgentModel, num_agent_tokens=3, attn_logit_softcapping=20.0)
+    model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["auto_map"] == {
-        "AutoConfig": "configuration_dreamer.DreamerConfig",
-        "AutoModel": "modeling_dreamer.DreamerModel",
-    }
-    for name in ("configuration_dreamer.py", "modeling_dreamer.py", "layers.py", "heads.py", "objectives.py"):
-        assert (tmp_path / name).exists(), name
+    assert config["num_agent_tokens"] == 3 and config["attn_logit_softcapping"] == 20.0
+    config["agent_tokens_per_frame"] = config.pop("num_agent_tokens")
+    config["attn_logit_softcap"] = config.pop("attn_logit_softcapping")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded, info = DreamerAgentModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"]
+    assert (loaded.config.num_agent_tokens, loaded.config.attn_logit_softcapping) == (3, 20.0)
+    assert loaded.config.agent_tokens_per_frame == 3 and loaded.config.attn_logit_softcap == 20.0  # old names read the new fields
+    assert "agent_tokens_per_frame" not in loaded.config.to_dict() and "attn_logit_softcap" not in loaded.config.to_dict()
+    assert torch.equal(loaded.agent_tokens.slots, model.agent_tokens.slots)
+
+
+def test_from_pretrained_of_a_missing_folder_names_it(tmp_path):
+    missing = tmp_path / "runs" / "final"
+    with pytest.raises(FileNotFoundError, match=f"checkpoint folder {missing} does not exist"):
+        DreamerAgentModel.from_pretrained(missing)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        DreamerModel.from_pretrained(str(missing))
+
+
+def test_from_pretrained_of_a_folder_without_config_names_folder_and_file(tmp_path):
+    fresh(DreamerModel).save_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(OSError, match=f"checkpoint folder {tmp_path} has no config.json"):
+        DreamerModel.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_of_a_truncated_safetensors_names_the_file(tmp_path):
+    fresh(DreamerModel).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match=f"{weights} in checkpoint folder {tmp_path} is truncated"):
+        DreamerModel.from_pretrained(tmp_path)
+    weights.write_bytes(data[:5])  # not even a header
+    with pytest.raises(OSError, match=f"{weights} .* not a readable safetensors file"):
+        DreamerModel.from_pretrained(tmp_path)
 
 
 REMOTE_LOAD = textwrap.dedent(
@@ -109,36 +169,59 @@ REMOTE_LOAD = textwrap.dedent(
     import torch
     from transformers import AutoModel
 
-    folder = sys.argv[1]
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    inputs = torch.load(folder + "/inputs.pt")
-    with torch.no_grad():
-        out = model(**inputs)
-    torch.save({"cls": type(model).__name__, "latent_pred": out.latent_pred,
-                "reward_logits": out.reward_logits}, folder + "/remote_out.pt")
+    results = {}
+    for folder in sys.argv[1:]:
+        model, info = AutoModel.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        inputs = torch.load(folder + "/inputs.pt")
+        with torch.no_grad():
+            out = model.eval()(**inputs)
+        results[folder] = {"cls": type(model).__name__, "latent_pred": out.latent_pred,
+                           "reward_logits": getattr(out, "reward_logits", None)}
+    torch.save(results, sys.argv[1] + "/remote_out.pt")
     """
 )
 
+# What a shared model must not ship: loss functions and the (all-reducing) loss normaliser.
+TRAINING_CODE_MARKERS = ("RunningRMS", "LossNormalizer", "all_reduce", "torch.distributed", "mtp_targets", "mtp_reward", "mtp_policy", "shortcut_forcing",
+                         "bootstrap_target", "soft_cross_entropy", "twohot_loss", "from .objectives", "import objectives")
+MODEL_FILES = {"configuration_dreamer.py", "modeling_dreamer.py", "action_space.py", "attention.py", "distributions.py",
+               "heads.py", "layers.py", "validation.py"}
+
 
 @pytest.mark.slow  # a fresh interpreter importing transformers takes ~6 s here
-def test_remote_code_loads_offline_without_the_package(tmp_path):
-    model = fresh(DreamerAgentModel)
-    with torch.no_grad():
-        model.reward_head.out.weight.normal_()
-    model.save_pretrained(tmp_path)
+def test_remote_code_loads_offline_without_the_package_and_ships_no_training_code(tmp_path):
+    models, folders = {}, []
     inputs = make_inputs()
-    torch.save(inputs, tmp_path / "inputs.pt")
+    for cls in (DreamerAgentModel, DreamerModel):
+        model = fresh(cls)
+        if cls is DreamerAgentModel:
+            with torch.no_grad():
+                model.reward_head.out.weight.normal_()
+        folder = tmp_path / cls.__name__
+        model.save_pretrained(folder)
+        torch.save(inputs, folder / "inputs.pt")
+        shipped = {p.name for p in folder.glob("*.py")}
+        assert shipped == MODEL_FILES, shipped
+        for name in shipped:
+            text = (folder / name).read_text()
+            found = [marker for marker in TRAINING_CODE_MARKERS if marker in text]
+            assert not found, (name, found)
+        models[str(folder)] = model
+        folders.append(str(folder))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     script = tmp_path / "remote_load.py"
     script.write_text(REMOTE_LOAD)
     result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(script), *folders], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    remote = torch.load(tmp_path / "remote_out.pt")
-    assert remote["cls"] == "DreamerAgentModel"
-    with torch.no_grad():
-        expected = model(**inputs)
-    assert torch.equal(remote["latent_pred"], expected.latent_pred)
-    assert torch.equal(remote["reward_logits"], expected.reward_logits)
+    remote = torch.load(tmp_path / "DreamerAgentModel" / "remote_out.pt")
+    for folder, model in models.items():
+        assert remote[folder]["cls"] == type(model).__name__
+        with torch.no_grad():
+            expected = model(**inputs)
+        assert torch.equal(remote[folder]["latent_pred"], expected.latent_pred)
+        if isinstance(model, DreamerAgentModel):
+            assert torch.equal(remote[folder]["reward_logits"], expected.reward_logits)

@@ -76,3 +76,57 @@ def test_running_rms_on_cuda_waits_on_no_host_sync():
     assert [o.item() for o in outputs] == pytest.approx(expected, rel=1e-6, nan_ok=True)
     assert gpu.ema_sq.device.type == "cuda" and int(gpu.steps) == int(cpu.steps) == 4
     torch.testing.assert_close(gpu.ema_sq.cpu(), cpu.ema_sq)
+
+
+# --- the model-side distributions (modeling_dreamer.distributions) ---------------------------
+
+
+def test_objectives_reexports_the_model_side_twohot_helpers():
+    from modeling_dreamer import distributions, objectives
+
+    for name in ("symlog", "symexp", "twohot_bins", "twohot_encode", "twohot_decode"):
+        assert getattr(objectives, name) is getattr(distributions, name), name
+
+
+SPACE = {"move": {"type": "categorical", "n": 5}, "jump": {"type": "binary"}}
+
+
+def _policy(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = {"move": torch.randn(3, 4, 5, generator=g) * 2, "jump": torch.randn(3, 4, 1, generator=g) * 2}
+    actions = {"move": torch.randint(0, 5, (3, 4), generator=g), "jump": torch.rand(3, 4, generator=g) > 0.5}
+    return logits, actions
+
+
+def test_policy_log_prob_and_entropy_match_torch_distributions():
+    from modeling_dreamer.distributions import component_entropy, component_log_prob, policy_entropy, policy_log_prob
+
+    logits, actions = _policy()
+    categorical = torch.distributions.Categorical(logits=logits["move"])
+    bernoulli = torch.distributions.Bernoulli(logits=logits["jump"].squeeze(-1))
+    torch.testing.assert_close(component_log_prob(logits["move"], actions["move"], SPACE["move"]), categorical.log_prob(actions["move"]))
+    torch.testing.assert_close(component_log_prob(logits["jump"], actions["jump"], SPACE["jump"]), bernoulli.log_prob(actions["jump"].float()))
+    torch.testing.assert_close(component_entropy(logits["jump"], SPACE["jump"]), bernoulli.entropy())
+    expected = categorical.log_prob(actions["move"]) + bernoulli.log_prob(actions["jump"].float())
+    torch.testing.assert_close(policy_log_prob(logits, actions, SPACE), expected)
+    torch.testing.assert_close(policy_entropy(logits, SPACE), categorical.entropy() + bernoulli.entropy())
+    # Extreme Bernoulli logits stay finite.
+    assert torch.isfinite(component_entropy(torch.tensor([[-200.0], [200.0]]), SPACE["jump"])).all()
+    with pytest.raises(ValueError, match="'move' .* needs logits \\(..., 5\\)"):
+        policy_log_prob({**logits, "move": logits["move"][..., :4]}, actions, SPACE)
+
+
+def test_policy_sample_follows_the_probabilities_and_greedy_takes_the_mode():
+    from modeling_dreamer.distributions import policy_sample
+
+    logits = {"move": torch.log(torch.tensor([0.1, 0.6, 0.3, 1e-9, 1e-9])).expand(20000, 5), "jump": torch.full((20000, 1), math.log(0.25 / 0.75))}
+    sample = policy_sample(logits, SPACE, generator=torch.Generator().manual_seed(0))
+    assert sample["move"].dtype == torch.int64 and sample["jump"].dtype == torch.bool
+    frequencies = torch.bincount(sample["move"], minlength=5) / 20000
+    torch.testing.assert_close(frequencies, torch.tensor([0.1, 0.6, 0.3, 0.0, 0.0]), atol=0.015, rtol=0)
+    assert abs(sample["jump"].float().mean().item() - 0.25) < 0.015
+    greedy = policy_sample(logits, SPACE, greedy=True)
+    assert bool((greedy["move"] == 1).all()) and not bool(greedy["jump"].any())
+    # A low temperature sharpens towards the mode.
+    cold = policy_sample(logits, SPACE, temperature=0.05, generator=torch.Generator().manual_seed(1))
+    assert (cold["move"] == 1).float().mean() > 0.99
