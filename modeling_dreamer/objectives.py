@@ -349,7 +349,9 @@ def shortcut_forcing_loss(
         # Zero the target on flow frames first: a NaN there would leak into z_pred's gradient
         # through the unselected branch of the where below (0 * nan = nan).
         target = torch.where(_expand_like(~flow, z_pred), bootstrap.detach().float(), torch.zeros_like(z_pred))
-        one_minus_tau = _expand_like(1 - tau, z_pred)
+        # Flow frames may be clean (tau = 1, e.g. context frames); their bootstrap term is unused, but a
+        # division by 0 there would still send NaN into z_pred's gradient through the where below.
+        one_minus_tau = _expand_like(torch.where(flow, torch.ones_like(tau), 1 - tau), z_pred)
         velocity = (z_pred - z_tilde) / one_minus_tau
         boot_term = (1 - tau).square() * (velocity - target).square().mean(latent_dims)
 

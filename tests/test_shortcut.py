@@ -63,6 +63,19 @@ def test_flow_only_loss_is_ramp_weighted_x_space_mse():
     torch.testing.assert_close(shortcut_forcing_loss(z_pred, z_clean, z_tilde, tau, d, D_MIN, nan_boot).loss, expected)
 
 
+def test_clean_frames_give_finite_gradients():
+    """A clean frame (tau = 1, as context frames are fed at the finest step) beside bootstrap frames: the loss
+    and the gradient of the prediction stay finite (a 1 / (1 - tau) on it once sent NaN into the gradient)."""
+    z_clean, z_tilde, boot = (latents(1, 3, 3, 2, 2, seed=s) for s in range(3))
+    z_pred = latents(1, 3, 3, 2, 2, seed=4).requires_grad_(True)
+    tau = torch.tensor([[1.0, 0.5, 0.0]])
+    d = torch.tensor([[D_MIN, 0.25, 0.5]])
+    out = shortcut_forcing_loss(z_pred, z_clean, z_tilde, tau, d, D_MIN, boot, torch.tensor([[False, True, True]]))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and bool(torch.isfinite(z_pred.grad).all())
+    assert bool((z_pred.grad[0, 0] == 0).all())  # the uncounted clean frame gets exactly no gradient
+
+
 def test_mask_keeps_only_counted_frames():
     z_clean, z_pred, z_tilde = (latents(1, 4, 3, 2, 2, seed=s) for s in range(3))
     tau = torch.tensor([[0.0, 0.25, 0.5, 0.75]])
