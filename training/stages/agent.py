@@ -119,6 +119,13 @@ class AgentStage(DynamicsStage):
         model = DreamerAgentModel.from_backbone(init_from, **self.twohot_range(schema), **overrides, **kwargs)
         return self.built(model), {"init": "grown from backbone", "init_from": init_from}
 
+    @property
+    def context_level(self) -> float:
+        """`context_signal_level` on the model's signal-level grid (multiples of 1 / K_max), the nearest one:
+        the noise and the model's signal-level embedding must agree."""
+        k_max = self.model_config.k_max
+        return round(self.agent_args.context_signal_level * k_max) / k_max
+
     def configure_trainable(self, model: nn.Module) -> None:
         """The value head is phase 3's; `freeze_backbone` also fixes the dynamics transformer."""
         for name, param in model.named_parameters():
@@ -136,7 +143,7 @@ class AgentStage(DynamicsStage):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Examples that do not train the dynamics need no shortcut-grid noise: the agent sees them as it sees
         frames at inference, slightly corrupted (context_signal_level) at the finest step."""
-        level = torch.full_like(tau, self.agent_args.context_signal_level)
+        level = torch.full_like(tau, self.context_level)
         return torch.where(dynamics_mask, tau, level), torch.where(dynamics_mask, step_size, 1.0 / self.model_config.k_max)
 
     def compute_losses(
@@ -196,7 +203,7 @@ class AgentStage(DynamicsStage):
         config = self.model_config
         z_clean = batch["latents"].float()
         b, t = z_clean.shape[:2]
-        level = torch.full((b, t), self.agent_args.context_signal_level, device=z_clean.device)
+        level = torch.full((b, t), self.context_level, device=z_clean.device)
         observed = add_noise(z_clean, level, torch.randn(z_clean.shape, generator=generator, device=generator.device))
         actions = {name: batch[name] for name in config.action_space}
         out = model(observed, level, torch.full_like(level, 1.0 / config.k_max), actions=actions, action_mask=batch["has_action"])
