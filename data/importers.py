@@ -8,6 +8,11 @@ Everything is keyed by frame number, never by array position (code review item 7
 reward, death and actions are read from the features entry whose `frame_idx` equals the latent's
 frame number. Rewards and deaths on frames without a latent are carried to the next frame that has
 one, so totals are preserved ("nothing lost", DESIGN.md section 4).
+
+Every value that is read is validated after its cast to the type it is stored in, and every error
+names the file, and the frame and key where there is one ("nothing silently wrong"): numbers must
+be finite and fit float32 (gold, rewards), frame numbers must fit int32, booleans must be JSON
+booleans or 0/1, health-bar positions numbers or null.
 """
 
 from __future__ import annotations
@@ -22,6 +27,16 @@ from pathlib import Path
 import numpy as np
 
 from data.schema import RewardSpec
+
+INT32_MAX = int(np.iinfo(np.int32).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+# The largest jump allowed between consecutive frame numbers of one video (features entries and
+# latents together). Frames are laid over a dense grid of frame numbers, so one absurd frame_idx
+# (2**31 - 1 in a 4,000-frame video) would otherwise allocate gigabytes; a real pause in a
+# recording keeps its frame numbering, so real jumps are short. 10,000 frames is 8 minutes at 20 fps.
+DEFAULT_MAX_FRAME_GAP = 10_000
 
 
 class DataError(ValueError):
@@ -65,17 +80,46 @@ class VideoFrames:
     stats: dict = field(default_factory=dict)
 
 
+def read_latent_shape(path: str | Path) -> tuple[int, ...] | None:
+    """The per-frame shape `latents.shape[1:]` of a packed-latents file, read from the array header only.
+
+    Lets `prepare` compare every video's shape before importing any (numpy has no call that reads
+    an `.npz` member's shape without reading its data). Returns None when the file cannot be read
+    this way (corrupt, not an `.npz`, no `latents`): the full read then reports the problem.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("latents.npy") as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape = np.lib.format.read_array_header_1_0(member)[0]
+            elif version == (2, 0):
+                shape = np.lib.format.read_array_header_2_0(member)[0]
+            else:
+                return None
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError):
+        return None
+    return tuple(int(d) for d in shape[1:]) if len(shape) == 4 else None
+
+
 def load_packed_latents(path: str | Path, expected_shape: tuple[int, int, int] | None = None) -> PackedLatents:
     """Read and validate `<video_id>.npz`; raise DataError naming `path` on any problem.
 
-    `expected_shape` is the `(C, H, W)` every video must have (declared by the user or taken from
-    the first video). Latents are returned as float16 whatever float type the file holds.
+    `expected_shape` is the `(C, H, W)` every video must have (declared by the user or the shape
+    most videos have). Latents are returned as float16 whatever float type the file holds; a value
+    that does not fit float16 (|x| > 65504) is refused like NaN and inf.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: latents file not found")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            # np.load reads a .npy file (whatever its name) as one bare array.
+            raise DataError(
+                f"{path}: a single .npy array of shape {getattr(loaded, 'shape', '?')}, not an .npz archive "
+                f"with 'latents' and 'frame_indices' (write it with numpy.savez)"
+            )
+        with loaded as npz:
             missing = {"latents", "frame_indices"} - set(npz.files)
             if missing:
                 raise DataError(f"{path}: missing array(s) {sorted(missing)} (found {sorted(npz.files)})")
@@ -87,6 +131,8 @@ def load_packed_latents(path: str | Path, expected_shape: tuple[int, int, int] |
 
     if latents.ndim != 4:
         raise DataError(f"{path}: latents must have shape (N, C, H, W), got {latents.shape}")
+    if min(latents.shape[1:]) < 1:
+        raise DataError(f"{path}: latents have an empty frame shape {tuple(latents.shape[1:])}")
     if not np.issubdtype(latents.dtype, np.floating):
         raise DataError(f"{path}: latents must be floating point, got dtype {latents.dtype}")
     if expected_shape is not None and tuple(latents.shape[1:]) != tuple(expected_shape):
@@ -101,6 +147,9 @@ def load_packed_latents(path: str | Path, expected_shape: tuple[int, int, int] |
         raise DataError(f"{path}: no frames")
     if frame_indices.min() < 0:
         raise DataError(f"{path}: negative frame index {int(frame_indices.min())}")
+    if int(frame_indices.max()) > INT32_MAX:
+        # Checked before the cast to the stored int32, which would wrap silently.
+        raise DataError(f"{path}: frame index {int(frame_indices.max())} does not fit int32 (max {INT32_MAX})")
     steps = np.diff(frame_indices.astype(np.int64))
     if (steps == 0).any():
         i = int(np.argmax(steps == 0))
@@ -112,33 +161,45 @@ def load_packed_latents(path: str | Path, expected_shape: tuple[int, int, int] |
             f"is followed by frame {int(frame_indices[i + 1])}"
         )
 
-    latents = latents.astype(np.float16, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        latents = latents.astype(np.float16, copy=False)
     finite = np.isfinite(latents.reshape(len(latents), -1)).all(axis=1)
     if not finite.all():
         bad = frame_indices[~finite]
         raise DataError(
-            f"{path}: latents contain NaN or inf on {len(bad)} frame(s), first at frame {int(bad[0])}"
+            f"{path}: latents contain NaN or inf on {len(bad)} frame(s), first at frame {int(bad[0])} "
+            f"(after the cast to the stored float16, where |x| > {FLOAT16_MAX:g} becomes inf)"
         )
     return PackedLatents(latents=latents, frame_indices=frame_indices.astype(np.int32))
 
 
 def load_features(path: str | Path) -> VideoFeatures:
-    """Read and validate one features.json; raise DataError naming `path` on any problem."""
+    """Read and validate one features.json; raise DataError naming `path` on any problem.
+
+    Checks the structure and every `frame_idx` (an integer in 0..2**31 - 1, unique); the values of
+    the other keys are checked by `import_video` as it reads them.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: features file not found")
     try:
         document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except RecursionError as error:
+        raise DataError(f"{path}: not valid features JSON (nested too deeply)") from error
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError, and ints over Python's digit limit
         raise DataError(f"{path}: not valid JSON ({error})") from error
+    except OSError as error:
+        raise DataError(f"{path}: cannot read features file ({error.strerror or error})") from error
     if not isinstance(document, dict) or not isinstance(document.get("frames"), list):
         raise DataError(f"{path}: expected a JSON object with a 'frames' list")
 
     frames: dict[int, dict] = {}
     for position, frame in enumerate(document["frames"]):
         index = frame.get("frame_idx") if isinstance(frame, dict) else None
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise DataError(f"{path}: frames[{position}] has no valid 'frame_idx' (got {index!r})")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= INT32_MAX:
+            raise DataError(
+                f"{path}: frames[{position}] has no valid 'frame_idx' (an integer in 0..{INT32_MAX}; got {index!r})"
+            )
         if index in frames:
             raise DataError(f"{path}: duplicate frame_idx {index} (frames[{position}])")
         frames[index] = frame
@@ -146,6 +207,36 @@ def load_features(path: str | Path) -> VideoFeatures:
         raise DataError(f"{path}: 'frames' is empty")
     header = {key: value for key, value in document.items() if key != "frames"}
     return VideoFeatures(path=path, header=header, frames=frames, first_frame=min(frames), last_frame=max(frames))
+
+
+def health_bar_dead_frames(bar_visible: np.ndarray, min_frames: int) -> np.ndarray:
+    """`(G,)` bool: the frames the health-bar rule counts as dead (DESIGN.md section 4).
+
+    `bar_visible`: `(G,)` bool over consecutive frame numbers. A frame is dead when it lies in a
+    run of at least `min_frames` frames without the bar that follows a frame with it; shorter runs
+    are flicker, and a run at the very start (nothing seen before it) is not a death.
+    """
+    absent = ~np.asarray(bar_visible, bool)
+    dead = np.zeros(len(absent), bool)
+    starts = np.flatnonzero(absent[1:] & ~absent[:-1]) + 1
+    if len(starts) == 0:
+        return dead
+    # The absent run starting at s ends at the first visible frame after s (or the end).
+    visible_after = np.flatnonzero(~absent)
+    ends = np.searchsorted(visible_after, starts)
+    run_end = np.where(ends < len(visible_after), visible_after[np.minimum(ends, len(visible_after) - 1)], len(absent))
+    for start, end in zip(starts, run_end):
+        if end - start >= min_frames:
+            dead[start:end] = True
+    return dead
+
+
+def _onsets(dead: np.ndarray) -> np.ndarray:
+    """`(G,)` bool: True at each false -> true transition of `dead` (never at frame 0)."""
+    dead = np.asarray(dead, bool)
+    onsets = np.zeros(len(dead), bool)
+    onsets[1:] = dead[1:] & ~dead[:-1]
+    return onsets
 
 
 def death_onsets_from_health_bar(bar_visible: np.ndarray, min_frames: int) -> np.ndarray:
@@ -156,25 +247,12 @@ def death_onsets_from_health_bar(bar_visible: np.ndarray, min_frames: int) -> np
     t: one event per death, flicker shorter than `min_frames` ignored. An absence at the very
     start (nothing seen before it) or cut short by the end of the video is not a death.
     """
-    absent = ~np.asarray(bar_visible, bool)
-    onsets = np.zeros(len(absent), bool)
-    starts = np.flatnonzero(absent[1:] & ~absent[:-1]) + 1
-    if len(starts) == 0:
-        return onsets
-    # The absent run starting at s ends at the first visible frame after s (or the end).
-    visible_after = np.flatnonzero(~absent)
-    ends = np.searchsorted(visible_after, starts)
-    run_end = np.where(ends < len(visible_after), visible_after[np.minimum(ends, len(visible_after) - 1)], len(absent))
-    onsets[starts[(run_end - starts) >= min_frames]] = True
-    return onsets
+    return _onsets(health_bar_dead_frames(bar_visible, min_frames))
 
 
 def death_onsets_from_is_dead(is_dead: np.ndarray) -> np.ndarray:
     """`(G,)` bool: True at each false -> true transition of `is_dead` (not at frame 0)."""
-    is_dead = np.asarray(is_dead, bool)
-    onsets = np.zeros(len(is_dead), bool)
-    onsets[1:] = is_dead[1:] & ~is_dead[:-1]
-    return onsets
+    return _onsets(is_dead)
 
 
 def _forward_fill(values: np.ndarray, known: np.ndarray, initial: bool) -> np.ndarray:
@@ -183,14 +261,105 @@ def _forward_fill(values: np.ndarray, known: np.ndarray, initial: bool) -> np.nd
     return np.where(last_known >= 0, values[np.maximum(last_known, 0)], initial)
 
 
-def _number(frame: dict, key: str, path: Path, missing: Counter) -> float:
-    value = frame.get(key)
-    if value is None:
-        missing[key] += 1
-        return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DataError(f"{path}: frame {frame['frame_idx']}: '{key}' must be a finite number, got {value!r}")
-    return float(value)
+def _as_float(value: object) -> float:
+    """`float(value)` for a JSON number; inf for an integer too large for a float."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _FrameReader:
+    """Reads and validates the values of one features.json, one frame at a time.
+
+    Each reader returns None for a key that is missing (or null) and counts it in `missing`;
+    a present value of the wrong type or range raises DataError naming file, frame and key.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.missing: Counter = Counter()
+        self.keys_seen: set[str] = set()
+
+    def error(self, frame: dict, key: str, expected: str, value: object) -> DataError:
+        return DataError(f"{self.path}: frame {frame['frame_idx']}: '{key}' must be {expected}, got {value!r}")
+
+    def number(self, frame: dict, key: str) -> float | None:
+        """A finite number that fits float32 (the stored reward type), or None."""
+        value = frame.get(key)
+        if value is None:
+            self.missing[key] += 1
+            return None
+        if not _is_number(value):
+            raise self.error(frame, key, "a finite number", value)
+        number = _as_float(value)
+        if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+            raise self.error(frame, key, f"a finite number within float32 range (|x| <= {FLOAT32_MAX:.4g})", value)
+        return number
+
+    def flag(self, frame: dict, key: str) -> bool | None:
+        """A JSON boolean or the integer 0 / 1, or None. Strings ("false", "no") and other numbers
+        are refused: `bool("false")` is True, so accepting them would silently invert labels."""
+        value = frame.get(key)
+        if value is None:
+            self.missing[key] += 1
+            return None
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise self.error(frame, key, "true/false (or 0/1)", value)
+
+    def category(self, frame: dict, key: str, n: int) -> int | None:
+        """An integer in 0..n-1, or None."""
+        value = frame.get(key)
+        if value is None:
+            self.missing[key] += 1
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
+            raise self.error(frame, key, f"an integer in 0..{n - 1}", value)
+        return value
+
+    def bar_visible(self, frame: dict) -> bool | None:
+        """Whether the health bar is shown: both present keys non-null. None if both keys are missing."""
+        keys = [key for key in ("health_bar_x", "health_bar_y") if key in frame]
+        if not keys:
+            self.missing["health_bar_x"] += 1
+            return None
+        for key in keys:
+            value = frame[key]
+            if value is not None and not (_is_number(value) and math.isfinite(_as_float(value))):
+                raise self.error(frame, key, "a number or null (no health bar seen)", value)
+        return all(frame[key] is not None for key in keys)
+
+
+def _check_frame_gaps(
+    features: VideoFeatures, packed: PackedLatents, latents_path: Path, max_frame_gap: int
+) -> None:
+    """Refuse a jump of more than `max_frame_gap` between consecutive known frame numbers."""
+    feature_frames = np.fromiter(features.frames, np.int64, len(features.frames))
+    known = np.union1d(feature_frames, packed.frame_indices.astype(np.int64))
+    jumps = np.diff(known)
+    if len(jumps) and jumps.max() > max_frame_gap:
+        i = int(np.argmax(jumps > max_frame_gap))
+        before, after = int(known[i]), int(known[i + 1])
+        holder = features.path if after in features.frames else latents_path
+        raise DataError(
+            f"{holder}: frame {after} is {after - before} frames after the previous known frame {before} of "
+            f"this video (more than max_frame_gap = {max_frame_gap}); a wrong frame number? "
+            f"(if the gap is real, raise --max-frame-gap)"
+        )
+
+
+def _reward_error(path: Path, frame: int, reward: float, what: str) -> DataError:
+    return DataError(
+        f"{path}: frame {frame}: reward {reward:.6g} ({what}) is not finite or outside float32 range "
+        f"(|x| <= {FLOAT32_MAX:.4g}), the type rewards are stored in"
+    )
 
 
 def import_video(
@@ -201,14 +370,21 @@ def import_video(
     action_keys: dict[str, str],
     reward_spec: RewardSpec,
     expected_shape: tuple[int, int, int] | None = None,
+    max_frame_gap: int = DEFAULT_MAX_FRAME_GAP,
 ) -> VideoFrames:
     """Join one video's latents and features by frame number.
 
-    Steps: lay the features over the grid of frame numbers `first_frame..last_frame`; detect deaths
-    (`is_dead` transitions if the file has that key, the health-bar rule otherwise); compute the
-    reward per frame; carry reward and death events of frames without a latent to the next frame
-    with one (or the last one); read actions where the features entry exists.
+    Steps: lay the features over the grid of frame numbers `first_frame..last_frame`; detect deaths;
+    compute the reward per frame; carry reward and death events of frames without a latent to the
+    next frame with one (or the last one); read actions where the features entry exists.
+
+    Deaths: a frame's dead state is its `is_dead` where the frame has that key, and the health-bar
+    rule's state elsewhere; a death is each false -> true transition. So a file with `is_dead` on
+    every frame uses it alone, a file without it uses the health bar alone, and in a file with
+    `is_dead` on some frames only, no death on the other frames is lost (the stats count the frames
+    and deaths of each kind).
     """
+    latents_path = Path(latents_path)
     packed = load_packed_latents(latents_path, expected_shape)
     features = load_features(features_path)
     path = features.path
@@ -221,6 +397,7 @@ def import_video(
             f"{latents_path}: latents for {len(bad)} frame(s) the features do not cover "
             f"(frames {int(bad.min())}..{int(bad.max())}; {path} covers {first}..{last})"
         )
+    _check_frame_gaps(features, packed, latents_path, max_frame_gap)
 
     size = last - first + 1
     has_entry = np.zeros(size, bool)
@@ -231,43 +408,47 @@ def import_video(
     actions_grid = {
         name: np.zeros(size, np.int64 if spec["type"] == "categorical" else bool) for name, spec in action_space.items()
     }
-    missing: Counter = Counter()
+    reader = _FrameReader(path)
 
     for index, frame in features.frames.items():
         g = index - first
         has_entry[g] = True
-        gold[g] = _number(frame, "gold_gained", path, missing)
+        reader.keys_seen.update(frame)
+        gold[g] = reader.number(frame, "gold_gained") or 0.0
         # Health bar: null means "no bar seen"; a missing key means "unknown" (state carried over).
-        bar_keys = [key for key in ("health_bar_x", "health_bar_y") if key in frame]
-        if bar_keys:
-            bar_known[g] = True
-            bar_visible[g] = all(frame[key] is not None for key in bar_keys)
-        else:
-            missing["health_bar_x"] += 1
+        visible = reader.bar_visible(frame)
+        if visible is not None:
+            bar_known[g], bar_visible[g] = True, visible
         if uses_is_dead:
-            if frame.get("is_dead") is None:
-                missing["is_dead"] += 1
-            else:
-                is_dead_known[g] = True
-                is_dead[g] = bool(frame["is_dead"])
+            dead = reader.flag(frame, "is_dead")
+            if dead is not None:
+                is_dead_known[g], is_dead[g] = True, dead
         for name, spec in action_space.items():
             key = action_keys[name]
-            value = frame.get(key)
-            if value is None:
-                missing[key] += 1
-            elif spec["type"] == "categorical":
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < spec["n"]:
-                    raise DataError(f"{path}: frame {index}: '{key}' must be an integer in 0..{spec['n'] - 1}, got {value!r}")
-                actions_grid[name][g] = value
+            if spec["type"] == "categorical":
+                value = reader.category(frame, key, spec["n"])
             else:
-                actions_grid[name][g] = bool(value)
+                value = reader.flag(frame, key)
+            if value is not None:
+                actions_grid[name][g] = value
 
     bar_visible = _forward_fill(bar_visible, bar_known, initial=True)
-    health_bar_deaths = death_onsets_from_health_bar(bar_visible, reward_spec.death_min_frames)
-    if uses_is_dead:
-        deaths = death_onsets_from_is_dead(_forward_fill(is_dead, is_dead_known, initial=False))
+    bar_dead = health_bar_dead_frames(bar_visible, reward_spec.death_min_frames)
+    health_bar_deaths = _onsets(bar_dead)
+    deaths = _onsets(np.where(is_dead_known, is_dead, bar_dead))
+    if not is_dead_known.any():
+        death_rule = "health_bar"
+    elif is_dead_known.all():
+        death_rule = "is_dead"
     else:
-        deaths = health_bar_deaths
+        death_rule = "is_dead+health_bar"
+
+    # Rewards are stored as float32: a reward that does not fit is an error, never an inf.
+    reward_grid = reward_spec.reward(gold, deaths)
+    bad = ~np.isfinite(reward_grid) | (np.abs(reward_grid) > FLOAT32_MAX)
+    if bad.any():
+        g = int(np.argmax(bad))
+        raise _reward_error(path, first + g, float(reward_grid[g]), "gold_scale * gold_gained + death_penalty * death")
 
     # Carry: every frame number maps to the next latent row at or after it (the last row if none).
     rows = len(frame_index)
@@ -276,9 +457,12 @@ def import_video(
     has_latent = np.zeros(size, bool)
     has_latent[frame_index - first] = True
     events = (gold != 0) | deaths
-    reward_grid = reward_spec.reward(gold, deaths)
     reward = np.zeros(rows)
     np.add.at(reward, target_row[events], reward_grid[events])
+    bad = ~np.isfinite(reward) | (np.abs(reward) > FLOAT32_MAX)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise _reward_error(path, int(frame_index[row]), float(reward[row]), "the sum of the rewards carried onto this frame")
     death_count = np.zeros(rows, np.int64)
     np.add.at(death_count, target_row[deaths], 1)
     carried = events & ~has_latent
@@ -291,8 +475,12 @@ def import_video(
         "frames_without_latent": int(size - rows),
         "frames_without_features": int((~has_entry[positions]).sum()),
         "actions_lost_without_latent": int((has_entry & ~has_latent).sum()),
-        "death_rule": "is_dead" if uses_is_dead else "health_bar",
+        "death_rule": death_rule,
         "deaths": int(deaths.sum()),
+        "deaths_from_is_dead": int((deaths & is_dead_known).sum()),
+        "deaths_from_health_bar": int((deaths & ~is_dead_known).sum()),
+        # Frames whose dead state came from the health bar in a file that has is_dead elsewhere.
+        "frames_without_is_dead": int((~is_dead_known).sum()) if uses_is_dead else 0,
         "health_bar_deaths": int(health_bar_deaths.sum()),
         "carried_events": int(carried.sum()),
         "carried_reward": float(reward_grid[carried].sum()),
@@ -300,7 +488,8 @@ def import_video(
         "merged_deaths": int(np.maximum(death_count - 1, 0).sum()),
         "reward_total": float(reward_grid.sum()),
         "gold_events": int((gold != 0).sum()),
-        "missing_keys": dict(missing),
+        "missing_keys": dict(reader.missing),
+        "keys_seen": sorted(reader.keys_seen),
         "header_video_id": features.header.get("video_id"),
     }
     return VideoFrames(

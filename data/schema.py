@@ -13,13 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
-# The one definition of the action space (a standard-library-only module shared with the model config).
-from modeling_dreamer.action_space import default_action_space
-from modeling_dreamer.action_space import validate_action_space as validate_dataset_action_space
-
 SCHEMA_FILE = "dreamer_schema.json"
 REPORT_FILE = "prepare_report.json"
 SCHEMA_VERSION = 1
+
+
+# The one definition of the action space is `modeling_dreamer.action_space` (standard library only,
+# shared with the model config). It is imported inside the functions below because importing it
+# runs the `modeling_dreamer` package, which imports transformers and torch (about 7 s here), and
+# `python -m data.prepare --help` must stay fast.
+
+
+def default_action_space() -> dict[str, dict]:
+    """A fresh copy of the default action space (`modeling_dreamer.action_space.DEFAULT_ACTION_SPACE`)."""
+    from modeling_dreamer.action_space import default_action_space as shared_default
+
+    return shared_default()
 
 
 def default_action_keys(action_space: dict[str, dict]) -> dict[str, str]:
@@ -37,7 +46,9 @@ RESERVED_COLUMNS = frozenset({"video_id", "frame_index", "latents", "reward", "d
 def validate_action_space(action_space: dict[str, dict]) -> None:
     """Raise ValueError unless `action_space` is valid (see `modeling_dreamer.action_space`) and names no
     dataset column."""
-    validate_dataset_action_space(action_space, reserved=RESERVED_COLUMNS)
+    from modeling_dreamer.action_space import validate_action_space as validate_shared
+
+    validate_shared(action_space, reserved=RESERVED_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -53,8 +64,14 @@ class RewardSpec:
     death_min_frames: int = 3
 
     def __post_init__(self) -> None:
-        if self.death_min_frames < 1:
-            raise ValueError(f"death_min_frames must be >= 1, got {self.death_min_frames}")
+        for name in ("gold_scale", "death_penalty"):
+            value = getattr(self, name)
+            # A NaN or inf scale would make every reward NaN without any input being wrong.
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        minimum = self.death_min_frames
+        if isinstance(minimum, bool) or not isinstance(minimum, (int, np.integer)) or minimum < 1:
+            raise ValueError(f"death_min_frames must be an integer >= 1, got {minimum!r}")
 
     def reward(self, gold_gained: np.ndarray, death: np.ndarray) -> np.ndarray:
         """Per-frame reward, float64 `(N,)`, from gold `(N,)` and death flags or counts `(N,)`."""
@@ -129,16 +146,51 @@ def load_prepared(path: str | Path) -> tuple["datasets.DatasetDict", DatasetSche
 
     The splits are memory-mapped (nothing is read into RAM). The schema comes from
     `dreamer_schema.json`, or from the train split's metadata if that file was not copied.
+    `data.prepare` publishes the folder only once it is complete (`data.staging`), so a folder
+    without `dataset_dict.json` was not written by it: FileNotFoundError, with a hint when an
+    interrupted run left the previous dataset aside. A folder whose splits do not load or do not
+    match its schema raises ValueError naming the folder.
     """
     import datasets
 
+    from data.staging import find_siblings
+
     path = Path(path)
-    if not (path / "dataset_dict.json").exists():
-        raise FileNotFoundError(f"{path}: not a prepared dataset (no dataset_dict.json); run python -m data.prepare")
-    dataset_dict = datasets.load_from_disk(str(path))
+    if not (path / "dataset_dict.json").is_file():
+        hint = "run python -m data.prepare"
+        aside = [s.path for s in find_siblings(path) if s.kind == "old"]
+        if aside and not path.exists():
+            hint = (
+                f"an interrupted data.prepare left the previous dataset at {aside[0]}; running data.prepare "
+                f"for {path} again restores it first (or rename it back)"
+            )
+        elif (path / ".building").exists():
+            hint = "a run of an older data.prepare was interrupted here; prepare it again with --overwrite"
+        raise FileNotFoundError(f"{path}: not a prepared dataset (no dataset_dict.json); {hint}")
+    try:
+        dataset_dict = datasets.load_from_disk(str(path))
+    except Exception as error:  # datasets raises many types here (FileNotFoundError, ArrowInvalid, JSON errors)
+        raise ValueError(f"{path}: the prepared dataset does not load ({type(error).__name__}: {error})") from error
     schema_path = path / SCHEMA_FILE
     if schema_path.exists():
         schema = DatasetSchema.from_json(schema_path.read_text())
     else:
         schema = DatasetSchema.from_json(next(iter(dataset_dict.values())).info.description)
+    _check_against_schema(path, dataset_dict, schema)
     return dataset_dict, schema
+
+
+def _check_against_schema(path: Path, dataset_dict: "datasets.DatasetDict", schema: DatasetSchema) -> None:  # noqa: F821
+    """Raise ValueError unless every split has the columns and latent length the schema describes."""
+    for name, split in dataset_dict.items():
+        features = split.features
+        expected = ["video_id", "frame_index", "latents", "reward", "death", *schema.action_space, "has_action"]
+        absent = [column for column in expected if column not in features]
+        if absent:
+            raise ValueError(f"{path}: split '{name}' lacks the column(s) {absent} its schema describes")
+        length = getattr(features["latents"], "length", None)
+        if length != schema.latent_size:
+            raise ValueError(
+                f"{path}: split '{name}' stores {length} latent values per frame, but the schema's latent "
+                f"shape {schema.latent_shape} has {schema.latent_size}"
+            )

@@ -267,3 +267,12 @@ def test_custom_action_space_from_cli(tmp_path):
     dataset, schema = load_prepared(tmp_path / "out")
     assert schema.action_space == {"move": {"type": "categorical", "n": 4}, "ability_q": {"type": "binary"}}
     assert dataset["train"]["move"] == [0, 1, 2, 3] and dataset["train"]["ability_q"] == [False, False, True, False]
+
+
+def test_fixture_raises_no_warnings(prepared_fixture):
+    """The real fixtures are complete: no missing key, no partial is_dead, nothing to warn about."""
+    root, report, _, _ = prepared_fixture
+    assert report["warnings"] == [] and report["missing_keys"] == {}
+    expected_rule = "is_dead" if root.name == "lol_real_is_dead" else "health_bar"
+    assert {stats["death_rule"] for stats in report["per_video"].values()} == {expected_rule}
+    assert report["deaths"]["health_bar_fallback"] == {"videos": [], "frames": 0, "deaths": 0}
