@@ -84,36 +84,6 @@ def eager_attention_forward(
     return out.transpose(1, 2).contiguous(), probs.view(n, num_heads, q_len, k_len)
 
 
-def sdpa_stacked_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """sdpa with the queries of a KV group stacked along the sequence axis when no mask applies.
-
-    Without a mask every query is independent of the others, so ``(N, H, Lq, Dh)`` queries against
-    ``(N, KV, Lk, Dh)`` keys equal ``(N, KV, G * Lq, Dh)`` queries against the same keys: one fused
-    call on the un-repeated K/V, without ``enable_gqa``. With a mask (or a soft cap, or plain
-    multi-head attention) it is transformers' ``sdpa_attention_forward``.
-    """
-    n, num_heads, q_len, head_dim = query.shape
-    num_kv = key.shape[1]
-    if attention_mask is not None or num_heads == num_kv or kwargs.get("softcap") is not None:
-        return ALL_ATTENTION_FUNCTIONS["sdpa"](
-            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-        )
-    stacked = query.reshape(n, num_kv, (num_heads // num_kv) * q_len, head_dim)
-    out = F.scaled_dot_product_attention(
-        stacked, key, value, dropout_p=dropout if module.training else 0.0, scale=scaling
-    )
-    return out.view(n, num_heads, q_len, head_dim).transpose(1, 2).contiguous(), None
-
-
 def flex_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -158,7 +128,8 @@ def flex_attention_forward(
 # The project's attention functions: a local AttentionInterface instance, so that overriding a name
 # here changes nothing for other transformers models (the pattern transformers documents for a
 # model that overrides an implementation in its own modeling file). Names not set here fall through
-# to transformers' global registry.
+# to transformers' global registry. "sdpa" is transformers' own: the candidate variant that stacks a
+# KV group's queries along the sequence (benchmarks/bench_model.py) did not beat it (docs/model.md).
 DREAMER_ATTENTION_FUNCTIONS = AttentionInterface()
 DREAMER_ATTENTION_FUNCTIONS["eager"] = eager_attention_forward
 DREAMER_ATTENTION_FUNCTIONS["flex_attention"] = flex_attention_forward

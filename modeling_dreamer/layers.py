@@ -47,25 +47,31 @@ class DreamerSwiGLU(nn.Module):
 def rotary_tables(
     length: int, head_dim: int, theta: float, device: torch.device, offset: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE ``(cos, sin)``, each ``(length, head_dim / 2)`` float32, for positions ``offset..offset+length-1``.
+    """RoPE tables ``(cos, sin)``, each ``(length, head_dim)`` float32, for positions
+    ``offset..offset+length-1``, laid out for :func:`apply_rotary`.
 
-    Pair ``i`` of a head rotates by ``position * theta^(-2i / head_dim)``. Real arithmetic only (no
-    complex dtype: Inductor has no complex kernels). Computed in every forward (they are tiny)
-    rather than stored as buffers: non-persistent buffers are left uninitialised by ``from_pretrained``.
+    Pair ``i`` (channels ``2i``, ``2i+1``) rotates by ``angle = position * theta^(-2i / head_dim)``:
+    ``cos`` holds ``cos(angle)`` at both channels of the pair, ``sin`` holds ``-sin(angle)`` at
+    channel ``2i`` and ``+sin(angle)`` at ``2i+1``. Real arithmetic only (no complex dtype: Inductor
+    has no complex kernels). Computed in every forward (they are tiny) rather than stored as
+    buffers: non-persistent buffers are left uninitialised by ``from_pretrained``.
     """
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
     positions = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
     angles = positions[:, None] * inv_freq[None, :]
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return cos.repeat_interleave(2, dim=-1), torch.stack([-sin, sin], dim=-1).flatten(-2)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive channel pairs ``(x[2i], x[2i+1])`` of ``x (..., head_dim)`` to
-    ``(a cos - b sin, a sin + b cos)``; ``cos`` and ``sin`` broadcast to ``(..., head_dim / 2)``.
-    Computed in fp32, returned in ``x``'s dtype."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).type_as(x)
+    """Rotate consecutive channel pairs ``(a, b) = (x[2i], x[2i+1])`` of ``x (..., head_dim)`` to
+    ``(a cos - b sin, a sin + b cos)``, with the tables of :func:`rotary_tables` broadcast to
+    ``(..., head_dim)``: ``x * cos + swap_pairs(x) * sin``. Three elementwise kernels (swap, multiply,
+    fused multiply-add; measured 2x faster on CPU than computing the two halves and stacking them),
+    computed in fp32 and returned in ``x``'s dtype."""
+    x32 = x.float()
+    swapped = x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(x32 * cos, swapped, sin).type_as(x)
 
 
 class DreamerAttention(nn.Module):

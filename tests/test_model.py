@@ -17,7 +17,6 @@ from modeling_dreamer import DreamerAgentModel, DreamerModel
 from modeling_dreamer.attention import (
     get_attention_function,
     resolve_attn_implementation,
-    sdpa_stacked_attention_forward,
     time_attention_mask,
 )
 
@@ -222,7 +221,7 @@ def _function_cases() -> list[tuple[str, float | None, str, int]]:
     grid; flex (uncompiled on CPU, ~0.5 s a call with a mask) over each mask once and each head layout once."""
     cases = [
         (impl, cap, mask, kv)
-        for impl, cap in [("eager", None), ("eager", 2.0), ("sdpa", None), ("sdpa_stacked", None)]
+        for impl, cap in [("eager", None), ("eager", 2.0), ("sdpa", None)]
         for mask in sorted(MASKS)
         for kv in (4, 2, 1)
     ]
@@ -244,8 +243,7 @@ def test_attention_functions_match_per_head_reference(num_kv, mask_name, impl, s
         mask = time_attention_mask(impl, q_len, kv_len, q.device, q_offset, kv_offset, window)
         if impl != "flex_attention":
             assert torch.equal(mask, expected_mask[None, None])
-    function = sdpa_stacked_attention_forward if impl == "sdpa_stacked" else get_attention_function(impl)
-    out, _ = function(_Module(4 // num_kv), q, k, v, mask, scaling=8**-0.5, dropout=0.0, softcap=softcap)
+    out, _ = get_attention_function(impl)(_Module(4 // num_kv), q, k, v, mask, scaling=8**-0.5, dropout=0.0, softcap=softcap)
     assert out.shape == (3, q_len, 4, 8)
     torch.testing.assert_close(out.double(), reference_attention(q, k, v, expected_mask, softcap), atol=1e-5, rtol=1e-5)
 
@@ -503,7 +501,13 @@ def test_rotary_embedding_matches_a_complex_number_reference():
     pairs = torch.complex(x[..., 0::2], x[..., 1::2]) * torch.exp(1j * angles)
     expected = torch.stack([pairs.real, pairs.imag], dim=-1).flatten(-2)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)  # tables are float32
-    # Scores depend only on relative positions.
+    # One pair by hand: position 3 (offset 2 + index 1), pair 1 rotated by 3 * theta^(-2/16).
+    angle = 3 * 10000.0 ** (-2 / 16)
+    a, b = x[0, 0, 1, 2].item(), x[0, 0, 1, 3].item()
+    torch.testing.assert_close(got[0, 0, 1, 2:4], torch.tensor([a * math.cos(angle) - b * math.sin(angle),
+                                                                a * math.sin(angle) + b * math.cos(angle)], dtype=torch.float64),
+                               atol=1e-6, rtol=1e-6)
+    # Scores depend only on relative positions; position 0 is the identity.
     q, k = x[0, 0, 0], x[0, 0, 1]
     cos, sin = rotary_tables(12, 16, 10000.0, torch.device("cpu"))
 
@@ -511,6 +515,7 @@ def test_rotary_embedding_matches_a_complex_number_reference():
         return apply_rotary(q, cos[i], sin[i]) @ apply_rotary(k, cos[j], sin[j])
 
     torch.testing.assert_close(score(3, 1), score(9, 7), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(score(0, 0), q @ k, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(score(3, 1), score(1, 3))
 
 
@@ -598,3 +603,52 @@ def test_torch_compile_matches_eager(make_config):
         compiled = torch.compile(model)(latents, tau)
     torch.testing.assert_close(compiled.latent_pred, eager.latent_pred, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(compiled.reward_logits, eager.reward_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_accelerate_fsdp2_preparation_shards_the_model_on_one_cpu_process(make_config):
+    """Accelerate's own FSDP2 preparation on a one-process gloo group: the units it carves out, and
+    a forward/backward through the sharded model equal to the plain model's."""
+    import socket
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+    from torch.distributed.fsdp import FSDPModule
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = DreamerAgentModel(make_config())
+        reference = DreamerAgentModel(make_config())
+        reference.load_state_dict(model.state_dict())
+        plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
+        # The attributes of an Accelerator that fsdp2_prepare_model reads (Accelerate itself
+        # refuses FSDP on CPU, so its helper is called directly).
+        accelerator = SimpleNamespace(
+            state=SimpleNamespace(fsdp_plugin=plugin), mixed_precision="no", is_main_process=True,
+            torch_device_mesh=None, device=torch.device("cpu"),
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
+            sharded = fsdp2_prepare_model(accelerator, model)
+            units = [name for name, module in sharded.named_modules() if isinstance(module, FSDPModule)]
+            assert units == ["", "dreamer.embeddings"] + [f"dreamer.layers.{i}" for i in range(4)] + ["dreamer.norm"]
+            losses = []
+            for net in (sharded, reference):
+                out = net(**make_inputs())
+                loss = sum(v.float().square().mean() for v in agent_outputs(out).values())
+                loss.backward()
+                losses.append(loss.detach())
+        torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=1e-6)
+        sharded_grads = dict(sharded.named_parameters())
+        for name, param in reference.named_parameters():
+            grad = sharded_grads[name].grad
+            torch.testing.assert_close(grad.full_tensor(), param.grad, atol=1e-6, rtol=1e-5, msg=name)
+    finally:
+        dist.destroy_process_group()
