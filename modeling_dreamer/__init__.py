@@ -2,8 +2,17 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .agent import DreamerAgent
+from .cache import DreamerCache
 from .configuration_dreamer import DreamerConfig
-from .modeling_dreamer import DreamerAgentModel, DreamerAgentOutput, DreamerModel, DreamerModelOutput
+from .modeling_dreamer import (
+    DreamerAgentModel,
+    DreamerAgentOutput,
+    DreamerModel,
+    DreamerModelOutput,
+    ImaginationOutput,
+    shortcut_sample,
+)
 
 AutoConfig.register(DreamerConfig.model_type, DreamerConfig)
 # A tuple of classes: transformers' auto factory then picks the one named in the saved config's
@@ -17,4 +26,14 @@ DreamerConfig.register_for_auto_class()
 DreamerModel.register_for_auto_class("AutoModel")
 DreamerAgentModel.register_for_auto_class("AutoModel")
 
-__all__ = ["DreamerConfig", "DreamerModel", "DreamerAgentModel", "DreamerModelOutput", "DreamerAgentOutput"]
+__all__ = [
+    "DreamerConfig",
+    "DreamerModel",
+    "DreamerAgentModel",
+    "DreamerModelOutput",
+    "DreamerAgentOutput",
+    "DreamerCache",
+    "DreamerAgent",
+    "ImaginationOutput",
+    "shortcut_sample",
+]

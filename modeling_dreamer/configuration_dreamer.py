@@ -58,6 +58,17 @@ class DreamerConfig(PretrainedConfig):
         num_bins, bins_low, bins_high: twohot bins, uniform in symlog space over ``[bins_low, bins_high]``.
         head_hidden_size, head_layers: width (default ``hidden_size``) and hidden layers of the head MLPs.
         initializer_range: std of the normal initialisation of linear, embedding and token parameters.
+        time_context_length: C, how many frames (its own included) a frame's time attention reads: a
+            sliding causal window, the same in training and at inference, so a model behaves the same on
+            an unbounded stream as on its training windows. ``None``: all earlier frames. Training sets it
+            to the window length when that is shorter (docs/model.md).
+        context_signal_level: the signal level at which observed (committed) frames are fed to the model
+            at inference, as in training (the paper's slightly corrupted context); the nearest level of the
+            ``k / K_max`` grid is used (:attr:`context_tau`).
+        value_bins_low, value_bins_high: twohot range of the value head (symlog space; returns span many
+            frames' rewards); ``None``: the reward range.
+        use_behavior_prior: the agent carries a frozen copy of its behaviour-cloned policy head
+            (``prior_policy_head``), the prior of imagination training (phase 3).
 
     The earlier names ``attn_logit_softcap`` and ``agent_tokens_per_frame`` are accepted (keyword or
     saved ``config.json``) and read/write the fields above.
@@ -94,6 +105,11 @@ class DreamerConfig(PretrainedConfig):
         head_hidden_size: int | None = None,
         head_layers: int = 2,
         initializer_range: float = 0.02,
+        time_context_length: int | None = 192,
+        context_signal_level: float = 0.9,
+        value_bins_low: float | None = None,
+        value_bins_high: float | None = None,
+        use_behavior_prior: bool = False,
         **kwargs: Any,
     ) -> None:
         for old, new in RENAMED_FIELDS.items():
@@ -130,6 +146,11 @@ class DreamerConfig(PretrainedConfig):
         self.head_hidden_size = head_hidden_size if head_hidden_size is not None else hidden_size
         self.head_layers = head_layers
         self.initializer_range = initializer_range
+        self.time_context_length = time_context_length
+        self.context_signal_level = context_signal_level
+        self.value_bins_low = value_bins_low
+        self.value_bins_high = value_bins_high
+        self.use_behavior_prior = use_behavior_prior
         super().__init__(**kwargs)
         # AutoModel maps this config to a tuple of classes and picks one by `architectures`;
         # transformers iterates that field without a None check, so it stays a list ([] = none).
@@ -161,6 +182,13 @@ class DreamerConfig(PretrainedConfig):
         if self.num_bins < 2 or not self.bins_high > self.bins_low:
             problems.append(f"twohot bins need num_bins >= 2 and bins_high > bins_low, got {self.num_bins}, "
                             f"[{self.bins_low}, {self.bins_high}]")
+        if self.time_context_length is not None and self.time_context_length < 1:
+            problems.append(f"time_context_length {self.time_context_length} must be >= 1 (or None: unlimited)")
+        if not 0.0 <= self.context_signal_level <= 1.0:
+            problems.append(f"context_signal_level {self.context_signal_level} must be in [0, 1]")
+        value_low, value_high = self.value_bins_range
+        if not value_high > value_low:
+            problems.append(f"value twohot range needs value_bins_high > value_bins_low, got [{value_low}, {value_high}]")
         if problems:
             raise ValueError("DreamerConfig: " + "; ".join(problems))
         try:
@@ -177,6 +205,18 @@ class DreamerConfig(PretrainedConfig):
         config_dict = self.to_diff_dict() if use_diff else self.to_dict()
         config_dict = self._encode_special_floats(config_dict)
         return json.dumps(dict(sorted(config_dict.items())), indent=2) + "\n"
+
+    @property
+    def context_tau(self) -> float:
+        """:attr:`context_signal_level` on the signal-level grid ``k / K_max`` (the nearest level)."""
+        return round(self.context_signal_level * self.k_max) / self.k_max
+
+    @property
+    def value_bins_range(self) -> tuple[float, float]:
+        """``(low, high)`` of the value head's twohot bins (symlog space)."""
+        low = self.bins_low if self.value_bins_low is None else self.value_bins_low
+        high = self.bins_high if self.value_bins_high is None else self.value_bins_high
+        return low, high
 
     @property
     def head_dim(self) -> int:

@@ -13,6 +13,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import check_attn_implementation, get_attention_function, resolve_attn_implementation
+from .cache import DreamerCache
 from .configuration_dreamer import DreamerConfig
 
 
@@ -117,10 +118,14 @@ class DreamerAttention(nn.Module):
         attention_mask=None,
         num_agent_tokens: int = 0,
         independent_frames: torch.Tensor | None = None,
+        past_key_values: DreamerCache | None = None,
+        use_cache: bool = False,
     ) -> torch.Tensor:
         """``hidden (B, T, S, D)``; ``position_embeddings`` RoPE ``(cos, sin)``, each ``(S, Dh/2)`` (space)
-        or ``(T, Dh/2)`` (time); ``attention_mask`` the time layers' causal mask (ignored by space
-        layers); ``independent_frames (B,) bool`` or None. Returns ``(B, T, S, D)``."""
+        or ``(T, Dh/2)`` (time, at the frames' absolute positions); ``attention_mask`` the time layers'
+        causal mask over the cached and the new frames (ignored by space layers); ``independent_frames
+        (B,) bool`` or None; ``past_key_values``: a time layer reads the cached frames' keys and values
+        before the new ones, and with ``use_cache`` stores them all back. Returns ``(B, T, S, D)``."""
         b, t, s, _ = hidden.shape
         h, kv, dh = self.num_heads, self.num_kv_heads, self.head_dim
         q, k, v = self.qkv_proj(hidden).split([h * dh, kv * dh, kv * dh], dim=-1)
@@ -139,11 +144,20 @@ class DreamerAttention(nn.Module):
         kwargs = dict(scaling=self.scaling, dropout=0.0, softcap=softcap, is_causal=False)
 
         if self.is_time:
-            # (B, T, S, heads, Dh) -> (B*S, heads, T, Dh); output (B*S, T, H, Dh)
-            q, k, v = (x.permute(0, 2, 3, 1, 4).reshape(b * s, x.shape[3], t, dh) for x in (q, k, v))
+            # (B, T, S, heads, Dh) -> (B, S, heads, T, Dh): each slot is a sequence over frames.
+            q, k, v = (x.permute(0, 2, 3, 1, 4) for x in (q, k, v))
+            if past_key_values is not None:
+                past = past_key_values.layer(self.layer_idx, s)
+                if past is not None:
+                    k, v = torch.cat([past[0], k], dim=3), torch.cat([past[1], v], dim=3)
+                if use_cache:
+                    past_key_values.store(self.layer_idx, k, v)
+            frames = k.shape[3]  # cached + new
+            # -> (B*S, heads, frames, Dh); output (B*S, T, H, Dh)
+            q, k, v = q.reshape(b * s, h, t, dh), k.reshape(b * s, kv, frames, dh), v.reshape(b * s, kv, frames, dh)
             out, _ = attend(self, q, k, v, attention_mask, **kwargs)
             if independent_frames is not None:
-                own_value = v.repeat_interleave(self.num_key_value_groups, dim=1).transpose(1, 2)
+                own_value = v[:, :, frames - t :].repeat_interleave(self.num_key_value_groups, dim=1).transpose(1, 2)
                 alone = independent_frames.repeat_interleave(s).view(b * s, 1, 1, 1)
                 out = torch.where(alone, own_value, out)
             out = out.reshape(b, s, t, h * dh).transpose(1, 2)
@@ -178,9 +192,15 @@ class DreamerBlock(GradientCheckpointingLayer):
         time_attention_mask=None,
         num_agent_tokens: int = 0,
         independent_frames: torch.Tensor | None = None,
+        past_key_values: DreamerCache | None = None,
+        use_cache: bool = False,
     ) -> torch.Tensor:
         """``hidden (B, T, S, D)`` -> ``(B, T, S, D)``."""
         position_embeddings = time_position_embeddings if self.is_time else space_position_embeddings
         mask = time_attention_mask if self.is_time else None
-        hidden = hidden + self.attn(self.attn_norm(hidden), position_embeddings, mask, num_agent_tokens, independent_frames)
+        attention = self.attn(
+            self.attn_norm(hidden), position_embeddings, mask, num_agent_tokens, independent_frames,
+            past_key_values=past_key_values, use_cache=use_cache,
+        )
+        hidden = hidden + attention
         return hidden + self.mlp(self.mlp_norm(hidden))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .action_space import num_choices
+from .cache import DreamerCache
 from .attention import (
     AUTO_ATTN_IMPLEMENTATION,
     DREAMER_ATTENTION_FUNCTIONS,
@@ -30,7 +32,7 @@ from .attention import (
     time_attention_mask,
 )
 from .configuration_dreamer import DreamerConfig
-from .distributions import twohot_bins
+from .distributions import policy_log_prob, policy_sample, twohot_bins, twohot_decode
 from .heads import DreamerPolicyHead, DreamerRewardHead, DreamerValueHead, DreamerZeroLinear
 from .layers import DreamerBlock, DreamerRMSNorm, rotary_tables
 from .validation import check_local_checkpoint, check_model_inputs
@@ -39,10 +41,19 @@ from .validation import check_local_checkpoint, check_model_inputs
 @dataclass
 class DreamerModelOutput(ModelOutput):
     """``latent_pred (B, T, C, H, W)``: the x-prediction of the clean latents.
-    ``agent_states (B, T, A, D)``: final hidden states of agent tokens, when they were given."""
+    ``agent_states (B, T, A, D)``: final hidden states of agent tokens, when they were given.
+    ``cache`` (also readable as ``past_key_values``): the :class:`DreamerCache` the call read or filled
+    (None without one)."""
 
     latent_pred: torch.Tensor | None = None
     agent_states: torch.Tensor | None = None
+    cache: DreamerCache | None = None
+
+    @property
+    def past_key_values(self) -> DreamerCache | None:
+        # transformers >= 5.2x names output caches `cache` (and renames a `past_key_values` field to it);
+        # this keeps the name the forward arguments use, on every transformers version.
+        return self.cache
 
 
 @dataclass
@@ -54,6 +65,53 @@ class DreamerAgentOutput(ModelOutput):
     reward_logits: torch.Tensor | None = None  # (B, T, L + 1, num_bins)
     policy_logits: dict[str, torch.Tensor] | None = None  # name -> (B, T, L + 1, n)
     value_logits: torch.Tensor | None = None  # (B, T, num_bins)
+    cache: DreamerCache | None = None  # also readable as `past_key_values`
+
+    @property
+    def past_key_values(self) -> DreamerCache | None:
+        return self.cache
+
+
+@dataclass
+class ImaginationOutput(ModelOutput):
+    """A batch of imagined rollouts (:meth:`DreamerAgentModel.imagine`), ``N`` = horizon.
+
+    Indexing: ``values[:, 0]`` is read at the last context frame; ``actions[:, i]`` is sampled at the frame
+    before it (the last context frame for ``i = 0``, else generated frame ``i - 1``); ``latents[:, i]``,
+    ``rewards[:, i]`` and ``values[:, i + 1]`` belong to the frame generated after ``actions[:, i]``.
+    ``agent_hidden[:, i]`` is the agent state at which ``actions[:, i]`` was chosen (``i < N``) and
+    ``agent_hidden[:, N]`` that of the last generated frame.
+    """
+
+    latents: torch.Tensor | None = None  # (B, N, C, H, W)
+    actions: dict[str, torch.Tensor] | None = None  # name -> (B, N)
+    log_probs: torch.Tensor | None = None  # (B, N) joint log-probability of actions[:, i] under the policy
+    rewards: torch.Tensor | None = None  # (B, N) decoded reward head, offset 0
+    values: torch.Tensor | None = None  # (B, N + 1) decoded value head
+    agent_hidden: torch.Tensor | None = None  # (B, N + 1, D)
+
+
+def shortcut_sample(
+    predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor, num_steps: int
+) -> torch.Tensor:
+    """Generate clean latents from pure noise in ``num_steps`` shortcut steps (x-prediction).
+
+    ``predict(z, tau, d)`` returns the model's x-prediction for noisy latents ``z (B, T, C, H, W)`` at signal
+    level ``tau (B, T)`` and step size ``d (B, T)``; ``noise (B, T, C, H, W)`` is ``z`` at ``tau = 0``.
+    With ``K = num_steps`` and ``d = 1 / K``, step ``k`` is at ``tau = k / K`` (the training grid) and moves
+    ``z`` along the implied velocity ``(x_hat - z) / (1 - tau)`` by ``d``; the last step lands on
+    ``tau = 1``, where ``z`` is the prediction itself (returned exactly, without the rounding of
+    ``z + (x_hat - z)``). Returns ``(B, T, C, H, W)``.
+    """
+    if num_steps < 1 or num_steps & (num_steps - 1):
+        raise ValueError(f"shortcut_sample: num_steps must be a power of two >= 1, got {num_steps}")
+    z = noise
+    d = 1.0 / num_steps
+    for k in range(num_steps):
+        tau = k * d
+        x_hat = predict(z, torch.full(z.shape[:2], tau, device=z.device), torch.full(z.shape[:2], d, device=z.device))
+        z = x_hat if k == num_steps - 1 else z + (x_hat - z) * (d / (1.0 - tau))
+    return z
 
 
 class DreamerActionEmbedding(nn.Module):
@@ -73,6 +131,22 @@ class DreamerActionEmbedding(nn.Module):
         self.base = nn.Parameter(torch.zeros(config.hidden_size))
         self.no_action = nn.Parameter(torch.zeros(config.hidden_size))
 
+    def embed(self, actions: dict[str, torch.Tensor] | None, labeled: torch.Tensor) -> torch.Tensor:
+        """``actions {name: (B, T)}`` -> ``base + sum_c embedding_c(a_c)`` ``(B, T, D)`` (unlabeled entries
+        may hold anything; they are replaced by ``no_action`` by the caller)."""
+        batch, frames = labeled.shape
+        embedded = self.base.expand(batch, frames, -1)
+        if actions is None:
+            return embedded
+        for name, table in self.components.items():
+            value = actions[name].to(labeled.device)
+            if self.action_space[name]["type"] == "binary":
+                index = (value.float() >= 0.5).long()  # bool or 0/1 (checked); unlabeled entries: anything
+            else:
+                index = torch.where(labeled, value.long(), 0)  # unlabeled entries may hold anything
+            embedded = embedded + table(index)
+        return embedded
+
     def forward(
         self,
         actions: dict[str, torch.Tensor] | None,
@@ -80,30 +154,33 @@ class DreamerActionEmbedding(nn.Module):
         independent_frames: torch.Tensor | None,
         batch: int,
         frames: int,
+        previous: tuple[dict[str, torch.Tensor] | None, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
-        """``actions {name: (B, T)}``, ``action_mask (B, T) bool`` -> action tokens ``(B, T, D)``."""
+        """``actions {name: (B, T)}``, ``action_mask (B, T) bool`` -> action tokens ``(B, T, D)``.
+
+        ``previous``: the actions taken at the frame before the first one fed, ``({name: (B,)}, labeled
+        (B,))``, from a cache (None: the first frame fed is a start frame, or its previous action is unknown).
+        """
         no_action = self.no_action.expand(batch, frames, -1)
-        if actions is None:
-            return no_action
+        device = no_action.device
         labeled = (
-            torch.ones(batch, frames, dtype=torch.bool, device=no_action.device)
-            if action_mask is None
-            else action_mask.to(device=no_action.device, dtype=torch.bool)
+            torch.zeros(batch, frames, dtype=torch.bool, device=device) if actions is None
+            else torch.ones(batch, frames, dtype=torch.bool, device=device) if action_mask is None
+            else action_mask.to(device=device, dtype=torch.bool)
         )
-        embedded = self.base.expand(batch, frames, -1)
-        for name, table in self.components.items():
-            value = actions[name].to(no_action.device)
-            if self.action_space[name]["type"] == "binary":
-                index = (value.float() >= 0.5).long()  # bool or 0/1 (checked); unlabeled entries: anything
-            else:
-                index = torch.where(labeled, value.long(), 0)  # unlabeled entries may hold anything
-            embedded = embedded + table(index)
+        embedded = self.embed(actions, labeled)
+        before_actions, before_labeled = previous if previous is not None else (None, None)
+        if before_actions is None or before_labeled is None:
+            first, first_labeled = no_action[:, :1], torch.zeros_like(labeled[:, :1])
+        else:
+            first_labeled = before_labeled.to(device=device, dtype=torch.bool)[:, None]
+            first = self.embed({k: v[:, None] for k, v in before_actions.items()}, first_labeled)
         # Shift by one frame: frame t sees the action taken at t - 1.
-        previous = torch.cat([no_action[:, :1], embedded[:, :-1]], dim=1)
-        previous_labeled = torch.cat([torch.zeros_like(labeled[:, :1]), labeled[:, :-1]], dim=1)
+        shifted = torch.cat([first, embedded[:, :-1]], dim=1)
+        shifted_labeled = torch.cat([first_labeled, labeled[:, :-1]], dim=1)
         if independent_frames is not None:
-            previous_labeled = previous_labeled & ~independent_frames.to(previous_labeled.device)[:, None]
-        return torch.where(previous_labeled[..., None], previous, no_action)
+            shifted_labeled = shifted_labeled & ~independent_frames.to(device)[:, None]
+        return torch.where(shifted_labeled[..., None], shifted, no_action)
 
 
 class DreamerFrameEmbeddings(nn.Module):
@@ -145,12 +222,13 @@ class DreamerFrameEmbeddings(nn.Module):
         actions: dict[str, torch.Tensor] | None,
         action_mask: torch.Tensor | None,
         independent_frames: torch.Tensor | None,
+        previous_actions: tuple[dict[str, torch.Tensor] | None, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         b, t = latents.shape[:2]
         latent_tokens = self.latent_proj(self.patchify(latents))
         tau_index, step_index = self.noise_indices(signal_level, step_size)
         noise_token = torch.cat([self.signal_embed(tau_index), self.step_embed(step_index)], dim=-1)
-        action_token = self.actions(actions, action_mask, independent_frames, b, t)
+        action_token = self.actions(actions, action_mask, independent_frames, b, t, previous_actions)
         registers = self.registers.expand(b, t, -1, -1)
         return torch.cat([latent_tokens, registers, noise_token[:, :, None], action_token[:, :, None]], dim=2)
 
@@ -290,6 +368,8 @@ class DreamerModel(DreamerPreTrainedModel):
         independent_frames: torch.Tensor | None = None,
         agent_tokens: torch.Tensor | None = None,
         skip_input_checks: bool = False,
+        past_key_values: DreamerCache | None = None,
+        use_cache: bool = False,
     ) -> DreamerModelOutput:
         """Predict clean latents.
 
@@ -305,27 +385,39 @@ class DreamerModel(DreamerPreTrainedModel):
             agent_tokens: ``(B, T, A, D)`` extra tokens appended to every frame behind the agent
                 firewall (used by :class:`DreamerAgentModel`).
             skip_input_checks: True when the caller already ran :meth:`validate_inputs`.
+            past_key_values: a :class:`DreamerCache` of earlier frames: the frames fed continue them (at
+                the next absolute positions, their first action token embedding the action the cache
+                recorded for the last committed frame). Read only, unless ``use_cache``.
+            use_cache: commit the frames fed: append their time-layer keys and values to
+                ``past_key_values`` (a new cache when None) and remember their last action.
         Returns:
-            :class:`DreamerModelOutput` with ``latent_pred (B, T, C, H, W)`` and, if agent tokens
-            were given, their final states ``agent_states (B, T, A, D)`` (before any norm).
+            :class:`DreamerModelOutput` with ``latent_pred (B, T, C, H, W)``, if agent tokens were given
+            their final states ``agent_states (B, T, A, D)`` (before any norm), and the cache.
         """
         if not skip_input_checks:
             self.validate_inputs(
                 latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames, agent_tokens
             )
         b, t = latents.shape[:2]
+        c = self.config
+        cache = DreamerCache(c.time_context_length) if use_cache and past_key_values is None else past_key_values
+        offset, cached = (cache.num_frames, cache.cached_frames) if cache is not None else (0, 0)
+        if independent_frames is not None and cached and bool(independent_frames.any()):
+            raise ValueError(f"{type(self).__name__}: independent_frames cannot continue cached frames")
         latents = latents.to(self.dtype)
         if independent_frames is not None:
             independent_frames = independent_frames.to(device=latents.device, dtype=torch.bool)
-        hidden = self.embeddings(latents, signal_level, step_size, actions, action_mask, independent_frames)
+        previous = (cache.last_actions, cache.last_action_labeled) if cache is not None else None
+        hidden = self.embeddings(latents, signal_level, step_size, actions, action_mask, independent_frames, previous)
         num_agent = 0 if agent_tokens is None else agent_tokens.shape[2]
         if num_agent:
             hidden = torch.cat([hidden, agent_tokens.to(hidden.dtype)], dim=2)
-        c = self.config
         space_rope = rotary_tables(hidden.shape[2], c.head_dim, c.rope_theta, hidden.device)
-        time_rope = rotary_tables(t, c.head_dim, c.rope_theta, hidden.device)
+        time_rope = rotary_tables(t, c.head_dim, c.rope_theta, hidden.device, offset=offset)
         implementation = resolve_attn_implementation(c._attn_implementation, hidden.device, c.attn_logit_softcapping)
-        time_mask = time_attention_mask(implementation, t, t, hidden.device)
+        # Queries are the frames fed (absolute positions offset..), keys the cached frames and them.
+        time_mask = time_attention_mask(implementation, t, cached + t, hidden.device, q_offset=offset,
+                                        kv_offset=offset - cached, sliding_window=c.time_context_length)
         for layer in self.layers:
             hidden = layer(
                 hidden,
@@ -334,12 +426,42 @@ class DreamerModel(DreamerPreTrainedModel):
                 time_attention_mask=time_mask,
                 num_agent_tokens=num_agent,
                 independent_frames=independent_frames,
+                past_key_values=cache,
+                use_cache=use_cache,
             )
+        if use_cache:
+            last = None if actions is None else {name: value[:, -1] for name, value in actions.items()}
+            labeled = None if actions is None else (
+                torch.ones(b, dtype=torch.bool, device=hidden.device) if action_mask is None else action_mask[:, -1]
+            )
+            cache.advance(t, last, labeled)
         latent_tokens = self.latent_out(self.norm(hidden[:, :, : c.num_latent_tokens]))
         return DreamerModelOutput(
             latent_pred=self._unpatchify(latent_tokens),
             agent_states=hidden[:, :, hidden.shape[2] - num_agent :] if num_agent else None,
+            cache=cache,
         )
+
+    @torch.no_grad()
+    def generate_frame(
+        self, past_key_values: DreamerCache, num_steps: int = 4, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The next frame's latents ``(B, C, H, W)``, generated by :func:`shortcut_sample` from pure noise,
+        conditioned on the committed frames of ``past_key_values`` and the action it recorded for the last
+        of them. The cache is read, never written (commit the frame with a ``use_cache=True`` pass)."""
+        if past_key_values.num_frames == 0:
+            raise ValueError(f"{type(self).__name__}.generate_frame: the cache holds no committed frame")
+        batch = next(iter(past_key_values.keys.values())).shape[0]
+        c = self.config
+        if num_steps > c.k_max:
+            raise ValueError(f"{type(self).__name__}.generate_frame: num_steps {num_steps} is finer than k_max {c.k_max}")
+        noise = torch.randn(batch, 1, c.latent_channels, c.latent_height, c.latent_width, generator=generator,
+                            device=self.device, dtype=self.dtype)
+
+        def predict(z: torch.Tensor, tau: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+            return self(z, tau, d, past_key_values=past_key_values).latent_pred
+
+        return shortcut_sample(predict, noise, num_steps)[:, 0]
 
     def _unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, T, H/p * W/p, C * p * p)`` -> ``(B, T, C, H, W)``; inverse of ``patchify``."""
@@ -404,6 +526,8 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         action_mask: torch.Tensor | None = None,
         task_ids: torch.Tensor | None = None,
         independent_frames: torch.Tensor | None = None,
+        past_key_values: DreamerCache | None = None,
+        use_cache: bool = False,
     ) -> DreamerAgentOutput:
         """Arguments as :meth:`DreamerModel.forward`; ``task_ids (B,)`` or ``(B, T)``, None = task 0.
 
@@ -421,6 +545,8 @@ class DreamerAgentModel(DreamerPreTrainedModel):
             independent_frames=independent_frames,
             agent_tokens=agent_inputs,
             skip_input_checks=True,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
         )
         agent_hidden = self.agent_norm(out.agent_states).mean(dim=2)
         return DreamerAgentOutput(
@@ -429,12 +555,103 @@ class DreamerAgentModel(DreamerPreTrainedModel):
             reward_logits=self.reward_head(agent_hidden),
             policy_logits=self.policy_head(agent_hidden),
             value_logits=self.value_head(agent_hidden),
+            cache=out.cache,
         )
 
     def reward_bins(self) -> torch.Tensor:
         """Twohot bin centres in symlog space, ``(num_bins,)`` float32 on the model's device."""
         c = self.config
         return twohot_bins(c.num_bins, c.bins_low, c.bins_high).to(self.device)
+
+    def value_bins(self) -> torch.Tensor:
+        """The value head's twohot bin centres in symlog space, ``(num_bins,)`` float32 on the model's device."""
+        return twohot_bins(self.config.num_bins, *self.config.value_bins_range).to(self.device)
+
+    def commit_frames(
+        self,
+        latents: torch.Tensor,
+        past_key_values: DreamerCache | None = None,
+        actions: Mapping[str, torch.Tensor] | None = None,
+        action_mask: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DreamerAgentOutput:
+        """Feed observed (or generated) frames as context, as in training: slightly corrupted to the config's
+        context signal level at the finest step, appended to the cache (a new one when None).
+
+        latents: ``(B, T, C, H, W)`` clean latents; actions / action_mask: those taken at these frames
+        (``(B, T)``; None where not chosen yet: record them later with ``DreamerCache.record_actions``).
+        Returns the outputs at these frames (agent state and heads) with the cache.
+        """
+        c = self.config
+        level = torch.full(latents.shape[:2], c.context_tau, device=latents.device)
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        observed = (1 - c.context_tau) * noise + c.context_tau * latents
+        return self(observed, level, torch.full_like(level, 1.0 / c.k_max), actions=dict(actions) if actions else None,
+                    action_mask=action_mask, task_ids=task_ids, past_key_values=past_key_values, use_cache=True)
+
+    @torch.no_grad()
+    def imagine(
+        self,
+        context_latents: torch.Tensor,
+        context_actions: Mapping[str, torch.Tensor] | None,
+        horizon: int,
+        num_steps: int = 4,
+        policy: Callable[[torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
+        generator: torch.Generator | None = None,
+        task_ids: torch.Tensor | None = None,
+        context_action_mask: torch.Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> ImaginationOutput:
+        """Roll the world model out under a policy, from real context windows.
+
+        The context ``(B, T0, C, H, W)`` is committed with its true actions ``{name: (B, T0)}`` (the action at
+        the last context frame is not used: it is the first one the policy chooses). Then, ``horizon`` times:
+        sample an action from the policy at the last committed frame, generate the next frame with the
+        ``num_steps``-step shortcut sampler, commit it, and read its reward and value. ``policy`` maps agent
+        states ``(B, D)`` to policy logits ``{name: (B, n)}``; None uses the model's own policy head (offset
+        0). All randomness comes from ``generator``: the same seed gives the same rollouts. Indexing:
+        :class:`ImaginationOutput`.
+        """
+        c = self.config
+        if horizon < 1:
+            raise ValueError(f"imagine: horizon must be >= 1, got {horizon}")
+        if policy is None:
+            def policy(hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+                return {name: logits[:, 0] for name, logits in self.policy_head(hidden).items()}
+
+        b, t0 = context_latents.shape[:2]
+        mask = torch.ones(b, t0, dtype=torch.bool, device=context_latents.device) if context_action_mask is None \
+            else context_action_mask.bool().clone()
+        mask[:, -1] = False  # chosen by the policy below
+        out = self.commit_frames(context_latents.to(self.dtype), None, context_actions, mask if context_actions else None,
+                                 task_ids, generator)
+        cache = out.cache
+        hidden = [out.agent_hidden[:, -1]]
+        values = [twohot_decode(out.value_logits[:, -1], self.value_bins())]
+        latents, rewards, log_probs, actions = [], [], [], {name: [] for name in c.action_space}
+        reward_bins, value_bins = self.reward_bins(), self.value_bins()
+        for _ in range(horizon):
+            logits = policy(hidden[-1])
+            chosen = policy_sample(logits, c.action_space, temperature=temperature, generator=generator)
+            log_probs.append(policy_log_prob(logits, chosen, c.action_space))
+            cache.record_actions(chosen)
+            frame = self.dreamer.generate_frame(cache, num_steps, generator)
+            out = self.commit_frames(frame[:, None], cache, task_ids=task_ids, generator=generator)
+            latents.append(frame)
+            rewards.append(twohot_decode(out.reward_logits[:, -1, 0], reward_bins))
+            values.append(twohot_decode(out.value_logits[:, -1], value_bins))
+            hidden.append(out.agent_hidden[:, -1])
+            for name in actions:
+                actions[name].append(chosen[name])
+        return ImaginationOutput(
+            latents=torch.stack(latents, dim=1),
+            actions={name: torch.stack(values_, dim=1) for name, values_ in actions.items()},
+            log_probs=torch.stack(log_probs, dim=1),
+            rewards=torch.stack(rewards, dim=1),
+            values=torch.stack(values, dim=1),
+            agent_hidden=torch.stack(hidden, dim=1),
+        )
 
     @classmethod
     def from_backbone(cls, pretrained_model_name_or_path: str, **kwargs) -> "DreamerAgentModel":

@@ -119,12 +119,17 @@ class AgentStage(DynamicsStage):
         model = DreamerAgentModel.from_backbone(init_from, **self.twohot_range(schema), **overrides, **kwargs)
         return self.built(model), {"init": "grown from backbone", "init_from": init_from}
 
+    def built(self, model: nn.Module) -> nn.Module:
+        """As the dynamics stage, and the model records the context signal level it is trained with (what
+        inference feeds observed frames at)."""
+        model.config.context_signal_level = self.agent_args.context_signal_level
+        return super().built(model)
+
     @property
     def context_level(self) -> float:
-        """`context_signal_level` on the model's signal-level grid (multiples of 1 / K_max), the nearest one:
-        the noise and the model's signal-level embedding must agree."""
-        k_max = self.model_config.k_max
-        return round(self.agent_args.context_signal_level * k_max) / k_max
+        """`context_signal_level` on the model's signal-level grid (the nearest multiple of 1 / K_max): the
+        noise and the model's signal-level embedding must agree."""
+        return self.model_config.context_tau
 
     def configure_trainable(self, model: nn.Module) -> None:
         """The value head is phase 3's; `freeze_backbone` also fixes the dynamics transformer."""

@@ -90,7 +90,15 @@ class DynamicsStage(Stage):
         return self.built(model), {"init": "pretrained", "init_from": init_from}
 
     def built(self, model: nn.Module) -> nn.Module:
-        """Remember the built model's config (k_max, action space ...) for the loss computations."""
+        """Fit the model's time context to the training windows and remember its config (k_max, action
+        space ...) for the loss computations.
+
+        A time layer reads at most `time_context_length` frames; trained on windows of T frames, it has only
+        learned to read T, so a longer context is narrowed to T (the model then reads at inference, on an
+        unbounded stream, the frame distances it was trained on)."""
+        window = self.args.data.window_length
+        if model.config.time_context_length is None or model.config.time_context_length > window:
+            model.config.time_context_length = window
         self.model_config = model.config
         return model
 
