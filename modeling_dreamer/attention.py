@@ -136,8 +136,13 @@ DREAMER_ATTENTION_FUNCTIONS["flex_attention"] = flex_attention_forward
 
 
 def get_attention_function(implementation: str) -> Callable:
-    """The attention function registered for ``implementation`` (raises ``KeyError`` for an unknown name)."""
-    return DREAMER_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    """The attention function registered for ``implementation`` (``KeyError`` for an unknown name).
+
+    A plain lookup rather than ``AttentionInterface.get_interface`` (which transformers 5.0 lacks);
+    ``eager`` is registered here, so no default is needed."""
+    if implementation not in DREAMER_ATTENTION_FUNCTIONS:
+        raise KeyError(f"attn_implementation {implementation!r} is not registered in transformers' AttentionInterface")
+    return DREAMER_ATTENTION_FUNCTIONS[implementation]
 
 
 def resolve_attn_implementation(requested: str | None, device: torch.device, softcap: float | None) -> str:

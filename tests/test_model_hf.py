@@ -183,7 +183,8 @@ REMOTE_LOAD = textwrap.dedent(
     """
 )
 
-# What a shared model must not ship: loss functions and the (all-reducing) loss normaliser.
+# What a shared model must not ship: loss functions and the (all-reducing) loss normaliser. Every
+# shipped file is checked, so a model file added later is covered too.
 TRAINING_CODE_MARKERS = ("RunningRMS", "LossNormalizer", "all_reduce", "torch.distributed", "mtp_targets", "mtp_reward", "mtp_policy", "shortcut_forcing",
                          "bootstrap_target", "soft_cross_entropy", "twohot_loss", "from .objectives", "import objectives")
 MODEL_FILES = {"configuration_dreamer.py", "modeling_dreamer.py", "action_space.py", "attention.py", "distributions.py",
@@ -203,7 +204,7 @@ def test_remote_code_loads_offline_without_the_package_and_ships_no_training_cod
         model.save_pretrained(folder)
         torch.save(inputs, folder / "inputs.pt")
         shipped = {p.name for p in folder.glob("*.py")}
-        assert shipped == MODEL_FILES, shipped
+        assert MODEL_FILES <= shipped and "objectives.py" not in shipped, shipped
         for name in shipped:
             text = (folder / name).read_text()
             found = [marker for marker in TRAINING_CODE_MARKERS if marker in text]
