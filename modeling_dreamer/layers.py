@@ -121,8 +121,8 @@ class DreamerAttention(nn.Module):
         past_key_values: DreamerCache | None = None,
         use_cache: bool = False,
     ) -> torch.Tensor:
-        """``hidden (B, T, S, D)``; ``position_embeddings`` RoPE ``(cos, sin)``, each ``(S, Dh/2)`` (space)
-        or ``(T, Dh/2)`` (time, at the frames' absolute positions); ``attention_mask`` the time layers'
+        """``hidden (B, T, S, D)``; ``position_embeddings`` RoPE ``(cos, sin)``, each ``(S, Dh)`` (space)
+        or ``(T, Dh)`` (time, at the frames' absolute positions); ``attention_mask`` the time layers'
         causal mask over the cached and the new frames (ignored by space layers); ``independent_frames
         (B,) bool`` or None; ``past_key_values``: a time layer reads the cached frames' keys and values
         before the new ones, and with ``use_cache`` stores them all back. Returns ``(B, T, S, D)``."""
