@@ -364,6 +364,137 @@ def shortcut_forcing_loss(
 
 
 # ----------------------------------------------------------------------------------------------
+# Imagination training (phase 3): lambda-returns, the value loss and PMPO
+# ----------------------------------------------------------------------------------------------
+
+
+def lambda_returns(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    continues: torch.Tensor | None = None,
+    gamma: float = 0.997,
+    lam: float = 0.95,
+) -> torch.Tensor:
+    """TD(lambda) returns of an imagined rollout (paper eq. 10), bootstrapped from the last value.
+
+    Indexing (as ``DreamerAgentModel.imagine`` returns it): ``values[:, i]`` is the value of the frame at
+    which ``actions[:, i]`` was chosen; ``rewards[:, i]`` and ``continues[:, i]`` belong to the frame that
+    action led to, whose value is ``values[:, i + 1]``. So, for ``i = N - 1 .. 0``:
+    ``R_i = r_i + gamma * c_i * ((1 - lam) * v_{i+1} + lam * R_{i+1})`` with ``R_N = v_N``.
+
+    rewards: ``(B, N)``; values: ``(B, N + 1)``; continues: ``(B, N)`` in [0, 1] (0 ends the episode at
+    that frame: nothing after it counts), None = all 1. Returns ``(B, N)`` float32, without gradient.
+    """
+    if rewards.dim() != 2 or values.shape != (rewards.shape[0], rewards.shape[1] + 1):
+        raise ValueError(f"objectives.lambda_returns: rewards must be (B, N) and values (B, N + 1), got "
+                         f"{tuple(rewards.shape)} and {tuple(values.shape)}")
+    rewards, values = rewards.detach().float(), values.detach().float()
+    continues = torch.ones_like(rewards) if continues is None else continues.detach().float()
+    returns = torch.empty_like(rewards)
+    following = values[:, -1]
+    for i in range(rewards.shape[1] - 1, -1, -1):
+        following = rewards[:, i] + gamma * continues[:, i] * ((1 - lam) * values[:, i + 1] + lam * following)
+        returns[:, i] = following
+    return returns
+
+
+def policy_kl(
+    policy_logits: Mapping[str, torch.Tensor], prior_logits: Mapping[str, torch.Tensor], action_space: Mapping[str, Mapping]
+) -> torch.Tensor:
+    """``KL[policy || prior]`` ``(...)`` of two factorised policies: the sum over components of the
+    categorical KL ``sum p (log p - log q)`` and the Bernoulli KL. Logits ``{name: (..., n)}``."""
+    total: torch.Tensor | None = None
+    for name, spec in action_space.items():
+        p_logits, q_logits = policy_logits[name].float(), prior_logits[name].float()
+        if spec["type"] == "categorical":
+            log_p, log_q = F.log_softmax(p_logits, -1), F.log_softmax(q_logits, -1)
+            kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        else:
+            p, q = p_logits.squeeze(-1), q_logits.squeeze(-1)
+            prob = torch.sigmoid(p)
+            kl = prob * (F.logsigmoid(p) - F.logsigmoid(q)) + (1 - prob) * (F.logsigmoid(-p) - F.logsigmoid(-q))
+        total = kl if total is None else total + kl
+    if total is None:
+        raise ValueError("objectives.policy_kl: the action space is empty")
+    return total
+
+
+@dataclass
+class PMPOLoss:
+    """Result of :func:`pmpo_loss`; everything but ``loss`` is detached, for logging.
+
+    loss: scalar; positive_share: share of valid states with ``A >= 0`` (all processes);
+    negative_term, positive_term, kl: the three parts of the loss (means as in the formula).
+    """
+
+    loss: torch.Tensor
+    positive_share: torch.Tensor
+    negative_term: torch.Tensor
+    positive_term: torch.Tensor
+    kl: torch.Tensor
+
+
+def pmpo_loss(
+    log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    kl: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    alpha: float = 0.5,
+    beta: float = 0.3,
+) -> PMPOLoss:
+    """PMPO (paper eq. 11): split the states by the sign of the (stopped) advantage and move the policy's
+    log-probability of the taken action up on the positive set and down on the negative set, with a reverse
+    KL to the behavioural prior:
+
+    ``L = (1 - alpha) / |D-| sum_{D-} ln pi - alpha / |D+| sum_{D+} ln pi + beta / N sum KL[pi || prior]``,
+    ``D+ = {A >= 0}``, ``D- = {A < 0}`` over batch and time.
+
+    log_probs: ``(B, N)`` ``ln pi(a | s)`` of the taken actions (with gradient); advantages: ``(B, N)``
+    (detached here); kl: ``(B, N)`` ``KL[pi || prior]`` per state (with gradient); mask: ``(B, N)`` bool,
+    the states that count (None: all). An empty set contributes 0 (the loss stays finite).
+
+    Several processes: the set sizes are summed over processes and each process's sums are scaled by the
+    number of processes, so that the average of the per-process losses (and of their gradients, as DDP
+    averages them) equals the loss of one process holding the whole batch.
+    """
+    if log_probs.shape != advantages.shape or kl.shape != advantages.shape:
+        raise ValueError(f"objectives.pmpo_loss: log_probs, advantages and kl must share a shape, got "
+                         f"{tuple(log_probs.shape)}, {tuple(advantages.shape)}, {tuple(kl.shape)}")
+    mask = torch.ones_like(advantages, dtype=torch.bool) if mask is None else mask.bool()
+    advantages = advantages.detach()
+    positive, negative = mask & (advantages >= 0), mask & (advantages < 0)
+    counts = torch.stack([positive.sum(), negative.sum(), mask.sum()]).float()
+    world = 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.SUM)
+        world = torch.distributed.get_world_size()
+    n_positive, n_negative, n_total = (c.clamp_min(1) for c in counts)
+    zero = torch.zeros((), device=log_probs.device)
+    log_probs, kl = log_probs.float(), kl.float()
+    negative_term = torch.where(negative, log_probs, zero).sum() * world / n_negative
+    positive_term = torch.where(positive, log_probs, zero).sum() * world / n_positive
+    kl_term = torch.where(mask, kl, zero).sum() * world / n_total
+    loss = (1 - alpha) * negative_term - alpha * positive_term + beta * kl_term
+    return PMPOLoss(loss, (counts[0] / counts[2].clamp_min(1)).detach(), negative_term.detach(),
+                    positive_term.detach(), kl_term.detach())
+
+
+def value_loss(
+    value_logits: torch.Tensor, returns: torch.Tensor, bins: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twohot cross entropy of the value head against (stopped) returns: ``(loss, num_clamped)``.
+
+    value_logits: ``(B, N, num_bins)``; returns: ``(B, N)`` in the original space (detached here); bins:
+    the value head's symlog-space centres; mask: ``(B, N)`` bool (None: all). The loss is the mean over the
+    counted states (0 when none); ``num_clamped`` counts counted returns outside the bins' range.
+    """
+    mask = torch.ones_like(returns, dtype=torch.bool) if mask is None else mask.bool()
+    loss, _ = twohot_loss(value_logits, returns.detach(), bins)
+    clamped = (twohot_out_of_range(returns, bins) & mask).sum()
+    return torch.where(mask, loss, torch.zeros_like(loss)).sum() / mask.sum().clamp_min(1), clamped
+
+
+# ----------------------------------------------------------------------------------------------
 # Running RMS loss normalisation
 # ----------------------------------------------------------------------------------------------
 
