@@ -11,9 +11,11 @@ docs/architecture.md.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +67,7 @@ class DreamerAgentOutput(ModelOutput):
     reward_logits: torch.Tensor | None = None  # (B, T, L + 1, num_bins)
     policy_logits: dict[str, torch.Tensor] | None = None  # name -> (B, T, L + 1, n)
     value_logits: torch.Tensor | None = None  # (B, T, num_bins)
+    prior_policy_logits: dict[str, torch.Tensor] | None = None  # as policy_logits; with config.use_behavior_prior
     cache: DreamerCache | None = None  # also readable as `past_key_values`
 
     @property
@@ -89,6 +92,25 @@ class ImaginationOutput(ModelOutput):
     rewards: torch.Tensor | None = None  # (B, N) decoded reward head, offset 0
     values: torch.Tensor | None = None  # (B, N + 1) decoded value head
     agent_hidden: torch.Tensor | None = None  # (B, N + 1, D)
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _quiet_loading_report() -> Iterator[None]:
+    """Drop transformers' load report (a warning table of missing weights) while a caller loads a model whose
+    missing weights are expected and checked by the caller itself. A filter, not a logger level: transformers
+    runs extra checks of its own when that logger's level is raised."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    report_filter = _DropLoadReport()
+    logger.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(report_filter)
 
 
 def shortcut_sample(
@@ -481,6 +503,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         "reward_head": "heads",
         "policy_head": "heads",
         "value_head": "heads",
+        "prior_policy_head": "heads",
     }
 
     def __init__(self, config: DreamerConfig) -> None:
@@ -491,6 +514,9 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         self.reward_head = DreamerRewardHead(config)
         self.policy_head = DreamerPolicyHead(config)
         self.value_head = DreamerValueHead(config)
+        # Imagination training (phase 3) keeps the behaviour-cloned policy as a frozen prior, saved with the
+        # model so that a finetuned agent still knows it.
+        self.prior_policy_head = DreamerPolicyHead(config) if config.use_behavior_prior else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -519,8 +545,8 @@ class DreamerAgentModel(DreamerPreTrainedModel):
 
     def forward(
         self,
-        latents: torch.Tensor,
-        signal_level: torch.Tensor,
+        latents: torch.Tensor | None = None,
+        signal_level: torch.Tensor | None = None,
         step_size: torch.Tensor | None = None,
         actions: dict[str, torch.Tensor] | None = None,
         action_mask: torch.Tensor | None = None,
@@ -528,34 +554,48 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         independent_frames: torch.Tensor | None = None,
         past_key_values: DreamerCache | None = None,
         use_cache: bool = False,
+        agent_hidden: torch.Tensor | None = None,
     ) -> DreamerAgentOutput:
         """Arguments as :meth:`DreamerModel.forward`; ``task_ids (B,)`` or ``(B, T)``, None = task 0.
 
         ``agent_hidden`` is the mean over the frame's agent tokens of their RMS-normalised final states.
+        Given ``agent_hidden (B, T, D)`` instead of latents, only the heads run, on those states (imagination
+        training reads the heads on states of its rollouts; going through ``forward`` keeps distributed
+        wrappers in the loop). With ``config.use_behavior_prior`` the output also has ``prior_policy_logits``.
         """
-        self.validate_inputs(latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames)
-        b, t = latents.shape[:2]
-        agent_inputs = self.agent_tokens(task_ids, b, t)
-        out = self.dreamer(
-            latents,
-            signal_level,
-            step_size=step_size,
-            actions=actions,
-            action_mask=action_mask,
-            independent_frames=independent_frames,
-            agent_tokens=agent_inputs,
-            skip_input_checks=True,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-        )
-        agent_hidden = self.agent_norm(out.agent_states).mean(dim=2)
+        cache = None
+        latent_pred = None
+        if agent_hidden is None:
+            if latents is None or signal_level is None:
+                raise ValueError("DreamerAgentModel: give latents and signal_level, or agent_hidden (heads only)")
+            self.validate_inputs(latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames)
+            b, t = latents.shape[:2]
+            agent_inputs = self.agent_tokens(task_ids, b, t)
+            out = self.dreamer(
+                latents,
+                signal_level,
+                step_size=step_size,
+                actions=actions,
+                action_mask=action_mask,
+                independent_frames=independent_frames,
+                agent_tokens=agent_inputs,
+                skip_input_checks=True,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+            )
+            agent_hidden = self.agent_norm(out.agent_states).mean(dim=2)
+            latent_pred, cache = out.latent_pred, out.cache
+        elif agent_hidden.dim() != 3 or agent_hidden.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"DreamerAgentModel: agent_hidden must be (B, T, {self.config.hidden_size}), "
+                             f"got {tuple(agent_hidden.shape)}")
         return DreamerAgentOutput(
-            latent_pred=out.latent_pred,
+            latent_pred=latent_pred,
             agent_hidden=agent_hidden,
             reward_logits=self.reward_head(agent_hidden),
             policy_logits=self.policy_head(agent_hidden),
             value_logits=self.value_head(agent_hidden),
-            cache=out.cache,
+            prior_policy_logits=self.prior_policy_head(agent_hidden) if self.prior_policy_head is not None else None,
+            cache=cache,
         )
 
     def reward_bins(self) -> torch.Tensor:
@@ -663,15 +703,24 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         ``ValueError`` if any weight outside the agent modules is missing, or if any checkpoint weight
         is unexpected or of the wrong shape (a changed backbone field, e.g. the action space).
         """
-        model, info = cls.from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
-        missing = [k for k in info["missing_keys"] if cls.parameter_role(k) == "backbone"]
+        new_modules = tuple(name for name, role in cls.module_roles.items() if role != "backbone")
+        return cls.grow_from(pretrained_model_name_or_path, new_modules, **kwargs)
+
+    @classmethod
+    def grow_from(cls, pretrained_model_name_or_path: str, new_modules: tuple[str, ...], **kwargs) -> "DreamerAgentModel":
+        """Load a checkpoint that lacks exactly the top-level modules ``new_modules`` (newly initialised), and
+        nothing else: any other missing, unexpected or mismatched weight raises ``ValueError``. transformers'
+        loading report, which would list the expected missing weights as a warning, is not printed."""
+        with _quiet_loading_report():
+            model, info = cls.from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
         problems = {
-            "missing backbone weights": missing,
+            "missing weights": [k for k in info["missing_keys"] if k.split(".", 1)[0] not in new_modules],
             "unexpected weights": list(info["unexpected_keys"]),
             "mismatched shapes": [str(m) for m in info["mismatched_keys"]],
             "errors": list(info.get("error_msgs", [])),
         }
         problems = {name: keys for name, keys in problems.items() if keys}
         if problems:
-            raise ValueError(f"DreamerAgentModel.from_backbone({pretrained_model_name_or_path!r}): {problems}")
+            raise ValueError(f"{cls.__name__}: {pretrained_model_name_or_path!r} does not grow into this model "
+                             f"(only {list(new_modules)} may be new): {problems}")
         return model

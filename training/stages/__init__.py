@@ -3,10 +3,12 @@
 from training.stages.agent import AgentStage
 from training.stages.base import Evaluation, Stage, StepLosses
 from training.stages.dynamics import DynamicsStage
+from training.stages.imagination import ImaginationStage
 
 STAGES: dict[str, type[Stage]] = {
     DynamicsStage.name: DynamicsStage,
     AgentStage.name: AgentStage,
+    ImaginationStage.name: ImaginationStage,
 }
 
-__all__ = ["STAGES", "Stage", "StepLosses", "Evaluation", "DynamicsStage", "AgentStage"]
+__all__ = ["STAGES", "Stage", "StepLosses", "Evaluation", "DynamicsStage", "AgentStage", "ImaginationStage"]

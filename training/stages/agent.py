@@ -197,37 +197,48 @@ class AgentStage(DynamicsStage):
         the majority rate, and the share of twohot targets clamped."""
         records = []
         for batch, generator in self.eval_batches(loader, accelerator, seed):
-            records.append({**self.evaluate_batch(model, batch, generator), **self.evaluate_heads(model, batch, generator)})
+            records.append({**self.evaluate_batch(model, batch, generator),
+                            **head_predictions(model, batch, generator, self.model_config)})
         arrays = gather_records(records, accelerator)
         metrics = {"dynamics_loss": float(arrays["dynamics_loss"].mean()), **agent_metrics(arrays, self.model_config.action_space)}
         return Evaluation(metrics, arrays)
 
-    def evaluate_heads(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        from modeling_dreamer.objectives import add_noise, mtp_targets, twohot_decode, twohot_out_of_range
+@torch.no_grad()
+def head_predictions(model: nn.Module, batch: dict[str, Any], generator: torch.Generator, config: Any,
+                     prior: bool = False) -> dict[str, torch.Tensor]:
+    """The heads on real frames, observed as at inference (at the config's context signal level, the finest
+    step): per MTP offset, the decoded reward against the true one, and each action component's most likely
+    value (`distributions.policy_sample`, greedy) against the labelled one. `prior`: also the prior policy's.
+    Arrays `(B, T, L + 1)`, keyed for `agent_metrics`."""
+    from modeling_dreamer.distributions import policy_sample
+    from modeling_dreamer.objectives import add_noise, mtp_targets, twohot_decode, twohot_out_of_range
 
-        config = self.model_config
-        z_clean = batch["latents"].float()
-        b, t = z_clean.shape[:2]
-        level = torch.full((b, t), self.context_level, device=z_clean.device)
-        observed = add_noise(z_clean, level, torch.randn(z_clean.shape, generator=generator, device=generator.device))
-        actions = {name: batch[name] for name in config.action_space}
-        out = model(observed, level, torch.full_like(level, 1.0 / config.k_max), actions=actions, action_mask=batch["has_action"])
-        bins = twohot_bins_of(model, config)
-        everything = torch.ones(b, t, dtype=torch.bool, device=z_clean.device)
-        reward_true, reward_mask = mtp_targets(batch["reward"].float(), everything, config.mtp_length)
-        record = {
-            "reward_pred": twohot_decode(out.reward_logits.float(), bins),
-            "reward_true": reward_true,
-            "reward_mask": reward_mask,
-            "reward_clamped": twohot_out_of_range(reward_true, bins) & reward_mask,
-        }
-        for name, spec in config.action_space.items():
-            logits = out.policy_logits[name].float()
-            target, mask = mtp_targets(batch[name].long(), batch["has_action"], config.mtp_length)
-            record[f"action_pred/{name}"] = logits.argmax(-1) if spec["type"] == "categorical" else (logits[..., 0] > 0).long()
-            record[f"action_true/{name}"] = target
-            record[f"action_mask/{name}"] = mask
-        return record
+    z_clean = batch["latents"].float()
+    b, t = z_clean.shape[:2]
+    level = torch.full((b, t), config.context_tau, device=z_clean.device)
+    observed = add_noise(z_clean, level, torch.randn(z_clean.shape, generator=generator, device=generator.device))
+    actions = {name: batch[name] for name in config.action_space}
+    out = model(observed, level, torch.full_like(level, 1.0 / config.k_max), actions=actions, action_mask=batch["has_action"])
+    bins = twohot_bins_of(model, config)
+    everything = torch.ones(b, t, dtype=torch.bool, device=z_clean.device)
+    reward_true, reward_mask = mtp_targets(batch["reward"].float(), everything, config.mtp_length)
+    record = {
+        "reward_pred": twohot_decode(out.reward_logits.float(), bins),
+        "reward_true": reward_true,
+        "reward_mask": reward_mask,
+        "reward_clamped": twohot_out_of_range(reward_true, bins) & reward_mask,
+    }
+    policies = {"action_pred": out.policy_logits}
+    if prior:
+        policies["prior_action_pred"] = out.prior_policy_logits
+    for key, logits in policies.items():
+        modes = policy_sample({k: v.float() for k, v in logits.items()}, config.action_space, greedy=True)
+        record.update({f"{key}/{name}": mode.long() for name, mode in modes.items()})
+    for name in config.action_space:
+        target, mask = mtp_targets(batch[name].long(), batch["has_action"], config.mtp_length)
+        record[f"action_true/{name}"] = target
+        record[f"action_mask/{name}"] = mask
+    return record
 
 
 def twohot_bins_of(model: nn.Module, config: Any) -> torch.Tensor:
