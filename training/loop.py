@@ -180,20 +180,18 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
             generator = step_generator(t.seed, state.global_step, micro, accelerator.process_index, accelerator.device)
             with accelerator.accumulate(model):
                 result = stage.compute_losses(model, batch, generator, unwrapped)
-                if step.finite and all_finite(result.losses, accelerator):
-                    total, normalized_logs = normalize_losses(normalizer, result.losses, result.counts)
-                    if t.debug_inf_grad_at_step == state.global_step:
-                        total = total * float("inf")  # testing aid: a finite loss whose gradients overflow
-                    accelerator.backward(total)
-                    window.add(normalized_logs)
-                else:
-                    step.finite = False  # no backward; the whole optimiser step will be dropped
+                total, normalized_logs = normalize_losses(normalizer, result.losses, result.counts)
+                step.watch(total)
+                if t.debug_inf_grad_at_step == state.global_step:
+                    total = total * float("inf")  # testing aid: a finite loss whose gradients overflow
+                accelerator.backward(total)
                 window.add(result.logs)
+                window.add(normalized_logs)
                 micro += 1
                 if accelerator.sync_gradients:
-                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf))
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
                     window.add({"grad_norm": grad_norm})
-                    if step.finite and math.isfinite(grad_norm):
+                    if step.finite(grad_norm, accelerator):  # the step's one host synchronisation
                         optimizer.step()
                     else:
                         step.drop()  # normalisers back to where they were at the start of the step
@@ -415,64 +413,88 @@ def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.de
     return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank)
 
 
-def all_finite(losses: dict[str, torch.Tensor], accelerator: Any) -> bool:
-    """True when every loss term is finite on every process (so all processes skip a bad step together)."""
-    bad = torch.stack([~torch.isfinite(v.detach()).all() for v in losses.values()]).any().float()
-    if accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad, reduction="sum")
-    return float(bad) == 0.0
-
-
 def normalize_losses(normalizer: Any, losses: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]
-                     ) -> tuple[torch.Tensor, dict[str, float]]:
+                     ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Sum of the RMS-normalised loss terms, and their raw and normalised values for the log.
 
     A term with no valid target on this process (count 0) still joins its normaliser's cross-process
-    reduction but is left out of the average; a term no process had leaves its normaliser untouched.
+    reduction but is left out of the average (and of the log); a term no process had leaves its normaliser
+    untouched. Nothing here waits on the device.
     """
     total = torch.zeros((), device=next(iter(losses.values())).device)
-    logs: dict[str, float] = {}
+    logs: dict[str, Any] = {}
     for name, loss in losses.items():
-        present = bool(counts[name] > 0)
+        present = counts[name] > 0
         normalized = normalizer.normalize(name, loss, present=present)  # an absent term is an exact 0
         total = total + normalized
-        if present:
-            logs[f"loss/{name}"] = float(loss.detach())
-            logs[f"loss_normalized/{name}"] = float(normalized.detach())
-        logs[f"rms/{name}"] = float(normalizer[name].rms())
+        logs[f"loss/{name}"] = (loss.detach(), present)
+        logs[f"loss_normalized/{name}"] = (normalized.detach(), present)
+        logs[f"rms/{name}"] = normalizer[name].rms()
     return total, logs
 
 
 class StepGuard:
-    """Drops an optimiser step whose loss or gradients were not finite, exactly: the normalisers return to
-    their state at the start of the step (they were updated by its micro-batches), no optimiser update."""
+    """Drops an optimiser step whose loss or gradients were not finite, exactly: no optimiser update, and the
+    normalisers return to their state at the start of the step (its micro-batches updated them).
+
+    Non-finite values are noted on the device as they come (`watch`) and decided once per optimiser step
+    (`finite`), so a step waits on the device once, not once per micro-batch; with several processes the
+    decision is all-reduced, so every process drops the same steps."""
 
     def __init__(self, normalizer: Any) -> None:
         self.normalizer = normalizer
-        self.finite = True
+        self.bad: torch.Tensor | None = None
         self.snapshot: dict[str, torch.Tensor] = {}
 
     def begin(self) -> None:
-        self.finite = True
+        self.bad = None
         self.snapshot = {k: v.clone() for k, v in self.normalizer.state_dict().items()}
+
+    def watch(self, loss: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        self.bad = bad if self.bad is None else self.bad | bad
+
+    def finite(self, grad_norm: torch.Tensor, accelerator: Any) -> bool:
+        """True when the step's losses and its gradients' norm are finite on every process."""
+        bad = (~torch.isfinite(torch.as_tensor(grad_norm, device=accelerator.device))) | self.bad.to(accelerator.device)
+        bad = bad.float()
+        if accelerator.num_processes > 1:
+            bad = accelerator.reduce(bad, reduction="sum")
+        return float(bad) == 0.0
 
     def drop(self) -> None:
         self.normalizer.load_state_dict(self.snapshot)
 
 
 class LogWindow:
-    """Averages of logged values since the last flush. A value of None (nothing measured, e.g. an MTP offset
-    without targets) is left out; a measured NaN makes the average NaN, which is logged as such."""
+    """Averages of logged values since the last flush, kept on the device until then (no host synchronisation
+    per micro-batch).
+
+    A value is a float, a tensor, None (nothing measured), or `(value, present)` with `present` a bool tensor
+    (counted only where True, e.g. an MTP offset without targets). A measured NaN makes the average NaN, which
+    is logged as such; a key never measured in the window is left out.
+    """
 
     def __init__(self) -> None:
-        self.values: dict[str, list[float]] = {}
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
 
-    def add(self, logs: dict[str, float | None]) -> None:
+    def add(self, logs: dict[str, Any]) -> None:
         for key, value in logs.items():
-            if value is not None:
-                self.values.setdefault(key, []).append(float(value))
+            if value is None:
+                continue
+            value, present = value if isinstance(value, tuple) else (value, True)
+            value = torch.as_tensor(value).detach().float()
+            present = torch.as_tensor(present, device=value.device).float()
+            contribution = torch.where(present > 0, value, torch.zeros_like(value))  # absent: not even NaN * 0
+            self.sums[key] = self.sums[key] + contribution if key in self.sums else contribution
+            self.counts[key] = self.counts[key] + present if key in self.counts else present
 
     def flush(self) -> dict[str, float]:
-        averages = {key: float(np.mean(values)) for key, values in self.values.items()}
-        self.values = {}
+        averages = {}
+        for key in self.sums:
+            total, count = float(self.sums[key]), float(self.counts[key])
+            if count > 0:
+                averages[key] = total / count
+        self.sums, self.counts = {}, {}
         return averages

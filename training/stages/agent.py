@@ -156,7 +156,7 @@ class AgentStage(DynamicsStage):
     ) -> StepLosses:
         noised = self.noised_batch(batch, generator, train_dynamics=self.train_dynamics)
         out = model(noised.z_tilde, noised.tau, noised.step_size, **noised.inputs)
-        result = StepLosses({}, {}, {"independent_share": float(noised.inputs["independent_frames"].float().mean())})
+        result = StepLosses({}, {}, {"independent_share": noised.inputs["independent_frames"].float().mean()})
         if self.train_dynamics:
             loss, count, logs = self.dynamics_loss(out.latent_pred, noised, unwrapped)
             result.losses["dynamics"], result.counts["dynamics"] = loss, count
@@ -167,17 +167,17 @@ class AgentStage(DynamicsStage):
             result.logs.update(logs)
         return result
 
-    def reward_loss(self, out: Any, batch: dict[str, Any], unwrapped: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    def reward_loss(self, out: Any, batch: dict[str, Any], unwrapped: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """MTP twohot reward loss on the examples routed to it."""
         from modeling_dreamer.objectives import mtp_reward_loss
 
         valid = routed(batch["source"], self.agent_args.reward_loss_sources, batch["reward"].shape[1])
         reward = mtp_reward_loss(out.reward_logits.float(), batch["reward"].float(), valid, unwrapped.reward_bins())
-        logs = {"twohot_clamped": float(reward.num_clamped)}
+        logs = {"twohot_clamped": reward.num_clamped}
         logs.update({f"reward_loss/offset_{n}": v for n, v in enumerate(offset_values(reward))})
         return reward.loss, reward.per_offset_count.sum(), logs
 
-    def behaviour_cloning_loss(self, out: Any, batch: dict[str, Any], unwrapped: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    def behaviour_cloning_loss(self, out: Any, batch: dict[str, Any], unwrapped: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """MTP behaviour cloning (joint NLL of the factorised policy) on labelled frames of routed examples."""
         from modeling_dreamer.objectives import mtp_policy_loss
 
@@ -249,10 +249,10 @@ def twohot_bins_of(model: nn.Module, config: Any) -> torch.Tensor:
     return twohot_bins(config.num_bins, config.bins_low, config.bins_high).to(device)
 
 
-def offset_values(result: Any) -> list[float]:
-    """Per-offset losses for logging: NaN-free, an offset without valid targets is left out (None)."""
-    counts = result.per_offset_count.tolist()
-    return [value if count else None for value, count in zip(result.per_offset_loss.tolist(), counts)]
+def offset_values(result: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-offset losses for the log, each with whether the offset had a valid target (`LogWindow` counts it
+    only then)."""
+    return [(loss, count > 0) for loss, count in zip(result.per_offset_loss, result.per_offset_count)]
 
 
 def agent_metrics(arrays: dict[str, np.ndarray], action_space: dict[str, Any]) -> dict[str, float]:

@@ -32,12 +32,13 @@ class StepLosses:
         running RMS in the loop, then the terms are summed).
     counts: term name -> number of targets the term averaged; 0 means the term had nothing to learn from
         in this micro-batch (it is then left out of its normaliser's update).
-    logs: extra floats to log, averaged over the logging window.
+    logs: extra values to log (floats or tensors; `(value, present)` to count a value only where `present`),
+        averaged over the logging window; tensors stay on the device until the log is written.
     """
 
     losses: dict[str, torch.Tensor]
     counts: dict[str, torch.Tensor]
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -131,7 +131,7 @@ class DynamicsStage(Stage):
 
     def dynamics_loss(
         self, latent_pred: torch.Tensor, noised: NoisedBatch, unwrapped: nn.Module
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """(loss, count, logs) of the shortcut forcing term for a forward pass's `latent_pred`."""
         from modeling_dreamer.objectives import bootstrap_target, shortcut_forcing_loss
 
@@ -154,7 +154,7 @@ class DynamicsStage(Stage):
 
             bootstrap[rows] = bootstrap_target(predict, z_tilde[rows], tau[rows], step_size[rows], d_min)
         shortcut = shortcut_forcing_loss(latent_pred.float(), noised.z_clean, z_tilde, tau, step_size, d_min, bootstrap, mask)
-        logs = {"dynamics_flow": float(shortcut.flow_loss.detach()), "dynamics_bootstrap": float(shortcut.bootstrap_loss.detach())}
+        logs = {"dynamics_flow": shortcut.flow_loss.detach(), "dynamics_bootstrap": shortcut.bootstrap_loss.detach()}
         return shortcut.loss, mask.sum(), logs
 
     def compute_losses(
@@ -163,7 +163,7 @@ class DynamicsStage(Stage):
         noised = self.noised_batch(batch, generator)
         out = model(noised.z_tilde, noised.tau, noised.step_size, **noised.inputs)
         loss, count, logs = self.dynamics_loss(out.latent_pred, noised, unwrapped)
-        logs["independent_share"] = float(noised.inputs["independent_frames"].float().mean())
+        logs["independent_share"] = noised.inputs["independent_frames"].float().mean()
         return StepLosses({"dynamics": loss}, {"dynamics": count}, logs)
 
     # ---- evaluation ----

@@ -144,7 +144,7 @@ class ImaginationStage(Stage):
         a = self.imagination_args
         return lambda_returns_of(rollout, a.discount, a.return_lambda)
 
-    def policy_loss(self, heads: Any, rollout: Any, unwrapped: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+    def policy_loss(self, heads: Any, rollout: Any, unwrapped: nn.Module) -> tuple[torch.Tensor, dict[str, Any]]:
         """PMPO on the imagined actions, advantages `R - v` (stopped), reverse KL to the prior."""
         from modeling_dreamer.distributions import component_entropy, policy_log_prob
         from modeling_dreamer.objectives import pmpo_loss, policy_kl
@@ -157,21 +157,21 @@ class ImaginationStage(Stage):
         log_probs = policy_log_prob(policy, rollout.actions, space)
         kl = policy_kl(policy, prior, space)
         pmpo = pmpo_loss(log_probs, advantages, kl, alpha=a.pmpo_alpha, beta=a.pmpo_beta)
-        logs = {"positive_share": float(pmpo.positive_share), "kl_to_prior": float(pmpo.kl),
-                "imagined_reward": float(rollout.rewards.sum(1).mean()), "advantage_abs": float(advantages.abs().mean())}
+        logs = {"positive_share": pmpo.positive_share, "kl_to_prior": pmpo.kl,
+                "imagined_reward": rollout.rewards.sum(1).mean(), "advantage_abs": advantages.abs().mean()}
         for name, spec in space.items():
-            logs[f"entropy/{name}"] = float(component_entropy(policy[name].detach(), spec, name).mean())
+            logs[f"entropy/{name}"] = component_entropy(policy[name].detach(), spec, name).mean()
         return pmpo.loss, logs
 
-    def value_loss(self, heads: Any, rollout: Any, unwrapped: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+    def value_loss(self, heads: Any, rollout: Any, unwrapped: nn.Module) -> tuple[torch.Tensor, dict[str, Any]]:
         """Twohot cross entropy of the value head against the stopped lambda-returns."""
         from modeling_dreamer.objectives import value_loss
 
         horizon = rollout.rewards.shape[1]
         returns = self.returns(rollout)
         loss, clamped = value_loss(heads.value_logits[:, :horizon], returns, unwrapped.value_bins())
-        return loss, {"value_clamped": float(clamped), "value_error": float((rollout.values[:, :horizon] - returns).abs().mean()),
-                      "return_mean": float(returns.mean())}
+        return loss, {"value_clamped": clamped, "value_error": (rollout.values[:, :horizon] - returns).abs().mean(),
+                      "return_mean": returns.mean()}
 
     # ---- evaluation ----
 
