@@ -1,4 +1,4 @@
-"""Read the user's per-video files (DESIGN.md section 4) into per-frame arrays aligned with latents.
+"""Read the user's per-video files (docs/data.md) into per-frame arrays aligned with latents.
 
 Two inputs per video:
 - `<latents_dir>/<video_id>.npz`: `latents (N, C, H, W)` float16, `frame_indices (N,)` ascending.
@@ -7,7 +7,7 @@ Two inputs per video:
 Everything is keyed by frame number, never by array position (code review item 7): a frame's
 reward, death and actions are read from the features entry whose `frame_idx` equals the latent's
 frame number. Rewards and deaths on frames without a latent are carried to the next frame that has
-one, so totals are preserved ("nothing lost", DESIGN.md section 4).
+one, so totals are preserved ("nothing lost", docs/data.md).
 
 Every value that is read is validated after its cast to the type it is stored in, and every error
 names the file, and the frame and key where there is one ("nothing silently wrong"): numbers must
@@ -210,7 +210,7 @@ def load_features(path: str | Path) -> VideoFeatures:
 
 
 def health_bar_dead_frames(bar_visible: np.ndarray, min_frames: int) -> np.ndarray:
-    """`(G,)` bool: the frames the health-bar rule counts as dead (DESIGN.md section 4).
+    """`(G,)` bool: the frames the health-bar rule counts as dead (docs/data.md).
 
     `bar_visible`: `(G,)` bool over consecutive frame numbers. A frame is dead when it lies in a
     run of at least `min_frames` frames without the bar that follows a frame with it; shorter runs
@@ -240,7 +240,7 @@ def _onsets(dead: np.ndarray) -> np.ndarray:
 
 
 def death_onsets_from_health_bar(bar_visible: np.ndarray, min_frames: int) -> np.ndarray:
-    """Death onsets from health-bar visibility (DESIGN.md section 4).
+    """Death onsets from health-bar visibility (docs/data.md).
 
     `bar_visible`: `(G,)` bool over consecutive frame numbers. Returns `(G,)` bool, True at each
     frame t where the bar was visible at t-1 and stays absent for at least `min_frames` frames from

@@ -44,7 +44,7 @@ logger = logging.getLogger("data.prepare")
 
 
 def dataset_features(latent_size: int, action_space: dict[str, dict]) -> "datasets.Features":  # noqa: F821
-    """The column types of a prepared split (DESIGN.md section 5)."""
+    """The column types of a prepared split (docs/data.md)."""
     from datasets import Features, List, Value
 
     columns = {

@@ -1,4 +1,4 @@
-"""The mixture sampler of DESIGN.md section 8: a uniform data pass with relevant draws mixed in.
+"""The mixture sampler: a uniform data pass with relevant draws mixed in.
 
 What an epoch is here: the uniform stream walks one fresh permutation of all windows, so every
 window is drawn as "uniform" exactly once per epoch (a true data pass, unlike the replacement

@@ -53,7 +53,7 @@ def validate_action_space(action_space: dict[str, dict]) -> None:
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """`reward[t] = gold_scale * gold_gained[t] + death_penalty * death[t]` (DESIGN.md section 4).
+    """`reward[t] = gold_scale * gold_gained[t] + death_penalty * death[t]` (docs/data.md).
 
     `death_min_frames`: without `is_dead`, a missing health bar counts as a death only if it stays
     missing for at least this many consecutive frames (shorter gaps are flicker).
@@ -103,7 +103,7 @@ def recommended_twohot_range(reward_min: float, reward_max: float) -> tuple[floa
 class DatasetSchema:
     """Everything a consumer needs to interpret a prepared dataset.
 
-    `latent_shape` is `(C, H, W)`; `action_space` the ordered DESIGN.md dict; `action_keys` the
+    `latent_shape` is `(C, H, W)`; `action_space` the ordered dict of `modeling_dreamer.action_space`; `action_keys` the
     features.json key of each component; `recommended_twohot_range` is `(low, high)` in symlog
     space (the model's `bins_low`/`bins_high`); `reward_min`/`reward_max` are raw rewards.
     """

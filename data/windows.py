@@ -1,6 +1,6 @@
 """Windows of T consecutive frames over a prepared split, read zero-copy from its Arrow files.
 
-A window never crosses a video boundary or a gap in frame numbers (DESIGN.md section 3), so the
+A window never crosses a video boundary or a gap in frame numbers (docs/data.md), so the
 frame numbers inside a window are `f, f+1, ..., f+T-1` and every reward and action in it belongs
 to the frame number beside it (code review item 7: array positions never leave this module).
 

@@ -21,7 +21,7 @@ RENAMED_FIELDS: dict[str, str] = {
     "agent_tokens_per_frame": "num_agent_tokens",  # beside `num_register_tokens`
 }
 
-# Widths and depths fixed by the issue; head dim 64; GQA with half as many KV heads as query heads.
+# Widths and depths of the four presets (docs/model.md); head dim 64; GQA with half as many KV heads as query heads.
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2},
     "small": {"hidden_size": 512, "num_hidden_layers": 12, "num_attention_heads": 8, "num_key_value_heads": 4},

@@ -60,7 +60,7 @@ class DreamerModelOutput(ModelOutput):
 
 @dataclass
 class DreamerAgentOutput(ModelOutput):
-    """Outputs of :class:`DreamerAgentModel` (DESIGN.md section 6)."""
+    """Outputs of :class:`DreamerAgentModel` (docs/architecture.md)."""
 
     latent_pred: torch.Tensor | None = None  # (B, T, C, H, W)
     agent_hidden: torch.Tensor | None = None  # (B, T, D)
