@@ -76,7 +76,10 @@ def test_imagination_needs_a_phase2_agent(run_training, tmp_path: Path) -> None:
         run_training(tmp_path / "b", *IMAGINE, "--max_steps", "1", "--init_from", str(tmp_path / "dynamics" / "final"))
 
 
-def test_return_range_holds_the_discounted_extremes() -> None:
+def test_return_range_holds_the_discounted_extremes_and_starts_the_value_at_zero() -> None:
     low, high = return_range(-10.0, 4.0, 0.9)  # returns in [-100, 40]: symlog [-4.62, 3.71]
     assert low < -4.615 and high > 3.714
-    assert return_range(0.0, 1.0, 0.5)[0] <= 0.0
+    assert low == -high  # a zero-initialised value head decodes to 0
+    from modeling_dreamer.distributions import twohot_bins, twohot_decode
+
+    assert float(twohot_decode(torch.zeros(255), twohot_bins(255, low, high))) == pytest.approx(0.0, abs=1e-5)

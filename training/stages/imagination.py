@@ -58,13 +58,13 @@ class ImaginationArguments:
 
 
 def return_range(reward_min: float, reward_max: float, discount: float) -> tuple[float, float]:
-    """A value twohot range (symlog space) that holds every return: the largest reward magnitude of each sign
-    earned on every frame forever, `r / (1 - gamma)`, padded by 10% of the span (at least 0.5)."""
+    """A value twohot range (symlog space) that holds every return: the largest reward magnitude of either
+    sign earned on every frame forever, `r / (1 - gamma)`, padded by 10% (at least 0.5). Symmetric, so the
+    zero-initialised value head starts at a value of exactly 0 (the decoded mean of symmetric bins)."""
     horizon = 1.0 / (1.0 - discount) if discount < 1 else 1e4
-    low = float(np.sign(min(reward_min, 0.0)) * np.log1p(abs(min(reward_min, 0.0)) * horizon))
-    high = float(np.log1p(max(reward_max, 0.0) * horizon))
-    pad = max(0.1 * (high - low), 0.5)
-    return round(low - pad, 1), round(high + pad, 1)
+    largest = float(np.log1p(max(abs(reward_min), abs(reward_max)) * horizon))
+    bound = round(largest + max(0.1 * largest, 0.5), 1)
+    return -bound, bound
 
 
 class ImaginationStage(Stage):
