@@ -256,17 +256,27 @@ def sample_signal_and_step(
     k_max: int,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    flow_fraction: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-frame signal level and step size on the paper's grid (diffusion forcing).
 
     ``d = 1 / K`` with ``K`` uniform over ``{1, 2, 4, ..., k_max}``; given ``d``, ``tau`` uniform on
-    ``{0, d, 2d, ..., 1 - d}`` (so ``tau < 1``). A ``generator`` must live on ``device``.
+    ``{0, d, 2d, ..., 1 - d}`` (so ``tau < 1``). ``flow_fraction``: instead, that share of the frames (drawn
+    independently) takes the finest step ``d = 1 / k_max`` (the flow term) and the others a ``K`` uniform over
+    the coarser ones ``{1, ..., k_max / 2}`` (the bootstrap term); None is the paper's distribution, in which
+    the finest step has probability ``1 / (log2(k_max) + 1)``. A ``generator`` must live on ``device``.
     Returns ``tau (B, T)`` and ``d (B, T)``, float32, exactly representable.
     """
     if k_max < 1 or k_max & (k_max - 1):
         raise ValueError(f"objectives.sample_signal_and_step: k_max must be a power of two >= 1, got {k_max}")
+    if flow_fraction is not None and not 0.0 <= flow_fraction <= 1.0:
+        raise ValueError(f"objectives.sample_signal_and_step: flow_fraction must be in [0, 1], got {flow_fraction}")
     levels = int(math.log2(k_max)) + 1
     exponent = torch.randint(0, levels, (batch, frames), generator=generator, device=device)
+    if flow_fraction is not None:
+        coarse = torch.randint(0, max(levels - 1, 1), (batch, frames), generator=generator, device=device)
+        flow = torch.rand(batch, frames, generator=generator, device=device) < flow_fraction
+        exponent = torch.where(flow | (levels == 1), levels - 1, coarse)
     k = torch.pow(2.0, exponent.float())
     u = torch.rand(batch, frames, generator=generator, device=device)
     index = torch.minimum(torch.floor(u * k), k - 1)

@@ -49,6 +49,26 @@ def test_samples_follow_the_grid_distribution():
         sample_signal_and_step(1, 1, 6)
 
 
+def test_a_flow_fraction_sets_the_share_of_finest_steps():
+    k_max, batch, frames = 8, 4000, 8
+    tau, d = sample_signal_and_step(batch, frames, k_max, generator=torch.Generator().manual_seed(1), flow_fraction=0.75)
+    flow = d == 1 / k_max
+    assert float(flow.float().mean()) == pytest.approx(0.75, abs=0.01)
+    for k in (1, 2, 4):  # the rest: the coarser step sizes, equally likely
+        assert float((d == 1 / k).float().mean()) == pytest.approx(0.25 / 3, abs=0.01)
+    for k in (1, 2, 4, 8):  # tau on the grid of its step size, below 1
+        levels = tau[d == 1 / k] * k
+        assert bool((levels == levels.round()).all()) and bool((tau[d == 1 / k] <= 1 - 1 / k).all())
+    # tau of flow frames uniform on the finest grid
+    counts = torch.bincount((tau[flow] * k_max).long(), minlength=k_max).double()
+    expected = flow.sum().item() / k_max
+    assert float(((counts - expected) ** 2 / expected).sum()) < 30.0
+    one = sample_signal_and_step(3, 4, 1, flow_fraction=0.0)  # k_max = 1: only the finest step exists
+    assert bool((one[1] == 1).all()) and bool((one[0] == 0).all())
+    with pytest.raises(ValueError, match="flow_fraction"):
+        sample_signal_and_step(1, 1, 8, flow_fraction=1.5)
+
+
 def test_flow_only_loss_is_ramp_weighted_x_space_mse():
     z_clean, z_pred, z_tilde = (latents(2, 4, 3, 2, 2, seed=s) for s in range(3))
     tau = torch.tensor([[0.0, 0.125, 0.5, 0.875], [0.25, 0.375, 0.625, 0.75]])

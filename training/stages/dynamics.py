@@ -37,6 +37,11 @@ class DynamicsArguments:
     independent_frames_ratio: float = field(
         default=0.3, metadata={"help": "Share of examples whose frames are treated as separate images."}
     )
+    shortcut_flow_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Share of frames trained at the finest step size (the flow term; the others get the "
+                  "bootstrap term). None: the paper's distribution, 1 / (log2(k_max) + 1) (docs/training.md)."},
+    )
 
     def __post_init__(self) -> None:
         from data.sampler import DrawSource
@@ -45,6 +50,8 @@ class DynamicsArguments:
             DrawSource.parse(source)
         if not 0.0 <= self.independent_frames_ratio <= 1.0:
             raise ValueError(f"independent_frames_ratio must be in [0, 1], got {self.independent_frames_ratio}")
+        if self.shortcut_flow_fraction is not None and not 0.0 <= self.shortcut_flow_fraction <= 1.0:
+            raise ValueError(f"shortcut_flow_fraction must be in [0, 1], got {self.shortcut_flow_fraction}")
 
 
 @dataclass
@@ -112,7 +119,8 @@ class DynamicsStage(Stage):
         b, t = z_clean.shape[:2]
         device = generator.device
         k_max = self.model_config.k_max
-        tau, step_size = sample_signal_and_step(b, t, k_max, generator=generator, device=device)
+        tau, step_size = sample_signal_and_step(b, t, k_max, generator=generator, device=device,
+                                                flow_fraction=self.dynamics_args.shortcut_flow_fraction)
         noise = torch.randn(z_clean.shape, generator=generator, device=device)
         independent = torch.rand(b, generator=generator, device=device) < self.dynamics_args.independent_frames_ratio
         dynamics_mask = routed(batch["source"], self.dynamics_args.dynamics_loss_sources, t)
