@@ -55,7 +55,9 @@ def test_dynamics_stage_writes_checkpoint_and_final(dynamics_run: Path) -> None:
     for name, tensor in backbone.items():
         assert torch.equal(grown.dreamer.state_dict()[name], tensor), name
     setup = read_jsonl(dynamics_run / "metrics.jsonl")[0]
-    assert setup["setup"] and setup["world_size"] == 1 and setup["mixed_precision"] == "no"
+    # The choice by device: none on the CPU, bf16 (or fp16 on older GPUs) on CUDA.
+    expected = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() else "no"
+    assert setup["setup"] and setup["world_size"] == 1 and setup["mixed_precision"] == expected
     assert setup["global_batch_size"] == 4
 
 
