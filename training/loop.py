@@ -234,11 +234,17 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
         log({"step": state.global_step, "final": True, **final_metrics})
     if t.debug_dump_rank_state:
         dump_rank_state(output_dir, accelerator.process_index, unwrapped, normalizer, windows_seen)
-    bad = [name for name, p in unwrapped.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        raise RunError(f"not saving {output_dir / 'final'}: {len(bad)} weight tensors are not finite (first: {bad[0]}); "
-                       f"the last complete checkpoint is in {output_dir}")
-    unwrapped.save_pretrained(output_dir / "final", is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    # The full state dict (gathered on the main process when the model is sharded, e.g. FSDP2), checked for
+    # non-finite weights there, the verdict shared with every process.
+    weights = accelerator.get_state_dict(model)
+    bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()] if accelerator.is_main_process else []
+    verdict = [bad]
+    broadcast_object_list(verdict)
+    if verdict[0]:
+        raise RunError(f"not saving {output_dir / 'final'}: {len(verdict[0])} weight tensors are not finite (first: "
+                       f"{verdict[0][0]}); the last complete checkpoint is in {output_dir}")
+    unwrapped.save_pretrained(output_dir / "final", state_dict=weights, is_main_process=accelerator.is_main_process,
+                              save_function=accelerator.save)
     if accelerator.is_main_process:
         setup.update(steps=state.global_step, skipped_steps=state.skipped_steps)
         write_model_card(output_dir / "final", unwrapped.config, stage.description, setup, data.summary(), final_metrics)
