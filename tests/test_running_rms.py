@@ -122,12 +122,14 @@ def test_loading_a_file_with_other_terms_names_the_file(tmp_path):
 
 WORKER = textwrap.dedent(
     """
-    import importlib.util, sys, torch, torch.distributed as dist
+    import importlib, os, sys, types, torch, torch.distributed as dist
     rank, port, out, source = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-    # objectives.py alone: the package __init__ imports transformers (seconds per process).
-    spec = importlib.util.spec_from_file_location("objectives", source)
-    objectives = sys.modules["objectives"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(objectives)
+    # objectives.py and its sibling modules only: the package __init__ imports transformers
+    # (seconds per process), so an empty package object stands in for it.
+    package = types.ModuleType("modeling_dreamer")
+    package.__path__ = [os.path.dirname(source)]
+    sys.modules["modeling_dreamer"] = package
+    objectives = importlib.import_module("modeling_dreamer.objectives")
     LossNormalizer = objectives.LossNormalizer
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     norm = LossNormalizer(["term"], decay=0.9)
