@@ -105,6 +105,19 @@ class MixtureSampler(Sampler):
         self._cache = (epoch, windows, source)
         return windows, source
 
+    def importance_weights(self) -> np.ndarray:
+        """`(N,)` float32 `p_uniform(w) / p_sampler(w)` of every window: weighting a window's loss by it makes
+        the expected loss over the mixture's draws equal to that of uniform draws.
+
+        A draw is uniform with probability `1 - p` and one of the K relevant windows with probability p, so
+        `p_sampler(w) = (1 - p) / N + p / K` for relevant windows and `(1 - p) / N` for the others.
+        """
+        relevant = np.zeros(self.num_windows, dtype=bool)
+        relevant[self.relevant_indices] = True
+        p = self.relevant_fraction if relevant.any() else 0.0
+        oversampling = self.num_windows / max(1, int(relevant.sum()))
+        return (1.0 / ((1.0 - p) + p * oversampling * relevant)).astype(np.float32)
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose sequence the next iteration yields (a new epoch starts at 0)."""
         if epoch != self.epoch:

@@ -93,12 +93,15 @@ def twohot_loss(logits: torch.Tensor, targets: torch.Tensor, bins: torch.Tensor)
 class MTPLoss:
     """Result of an MTP loss. Everything but ``loss`` is detached, for logging.
 
-    loss: scalar, the mean over offsets with at least one valid target of that offset's mean loss.
+    loss: scalar, the weighted sum over offsets of each offset's mean loss, with the weights of
+        :func:`mtp_offset_weights` (uniform over the offsets that have a valid target by default).
     per_offset_loss: ``(L+1,)`` mean loss of each offset (0 where it had no valid target).
     per_offset_count: ``(L+1,)`` int64 number of valid targets of each offset.
     per_offset_accuracy: policy only, component name -> ``(L+1,)`` accuracy (argmax for
         categorical, ``logit > 0`` for binary); 0 where an offset had no valid target.
     num_clamped: reward only, int64 scalar: valid targets outside the twohot range.
+    per_component_loss: policy only, component name -> scalar with gradient: that component's NLL reduced
+        over targets and offsets as ``loss`` is (``loss`` is their sum), for normalising components apart.
     """
 
     loss: torch.Tensor
@@ -106,6 +109,7 @@ class MTPLoss:
     per_offset_count: torch.Tensor
     per_offset_accuracy: dict[str, torch.Tensor] | None = None
     num_clamped: torch.Tensor | None = None
+    per_component_loss: dict[str, torch.Tensor] | None = None
 
 
 def mtp_targets(values: torch.Tensor, valid: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,25 +139,64 @@ def _mask_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.unsqueeze(-1), logits.float(), torch.zeros((), device=logits.device))
 
 
-def _reduce_offsets(frame_loss: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, T, L+1) losses and mask -> (scalar loss, (L+1,) per-offset means, (L+1,) counts)."""
+def mtp_offset_weights(counts: torch.Tensor, first_offset_weight: float | None = None) -> torch.Tensor:
+    """Weights of the MTP offsets in a loss: ``counts (L+1,)`` valid targets per offset -> ``(L+1,)``.
+
+    Offsets without a valid target weigh 0 and the weights of the others sum to 1. ``None`` gives every
+    offset that has a target the same weight (eq. 9's uniform sum, as a mean). A float gives offset 0
+    (the reward or action at ``t`` itself) that weight and shares the rest equally among offsets
+    ``1..L``; if only one side has targets, it gets weight 1. Why offset 0 needs its own weight when
+    the later offsets are hard to predict: docs/objectives.md.
+    """
+    active = (counts > 0).to(torch.float32)
+    if first_offset_weight is None or active.numel() == 1:
+        return active / active.sum().clamp_min(1)
+    if not 0.0 < first_offset_weight <= 1.0:
+        raise ValueError(f"objectives.mtp_offset_weights: first_offset_weight must be in (0, 1], got {first_offset_weight}")
+    later = active[1:].sum()
+    # Written with tensor arithmetic only (no Python branch on a tensor value): no host sync on the GPU.
+    first = torch.where(later > 0, first_offset_weight * active[0], active[0])
+    rest_share = torch.where(active[0] > 0, torch.full_like(later, 1.0 - first_offset_weight), torch.ones_like(later))
+    rest = active[1:] * rest_share / later.clamp_min(1)
+    return torch.cat([first[None], rest])
+
+
+def _reduce_offsets(
+    frame_loss: torch.Tensor,
+    mask: torch.Tensor,
+    first_offset_weight: float | None = None,
+    example_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T, L+1) losses and mask -> (scalar loss, (L+1,) per-offset means, (L+1,) counts).
+
+    ``example_weights (B,)``: each offset's mean becomes the weighted mean over its valid targets.
+    """
+    weights = mask.to(torch.float32)
+    if example_weights is not None:
+        weights = weights * example_weights.to(device=frame_loss.device, dtype=torch.float32)[:, None, None]
     # where, not multiply: a masked target may have an inf/NaN loss and must contribute nothing.
-    summed = torch.where(mask, frame_loss, torch.zeros_like(frame_loss)).sum(dim=(0, 1))
+    summed = torch.where(mask, frame_loss * weights, torch.zeros_like(frame_loss)).sum(dim=(0, 1))
     count = mask.sum(dim=(0, 1))
-    per_offset = summed / count.clamp_min(1)
-    active = count > 0
-    loss = torch.where(active, per_offset, torch.zeros_like(per_offset)).sum() / active.sum().clamp_min(1)
+    per_offset = summed / weights.sum(dim=(0, 1)).clamp_min(1e-12)
+    loss = (mtp_offset_weights(count, first_offset_weight) * per_offset).sum()
     return loss, per_offset.detach(), count
 
 
 def mtp_reward_loss(
-    reward_logits: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor, bins: torch.Tensor
+    reward_logits: torch.Tensor,
+    rewards: torch.Tensor,
+    valid: torch.Tensor,
+    bins: torch.Tensor,
+    first_offset_weight: float | None = None,
+    example_weights: torch.Tensor | None = None,
 ) -> MTPLoss:
     """MTP twohot reward loss: ``h_t`` predicts ``reward[t + n]`` for ``n = 0..L``.
 
     reward_logits: ``(B, T, L+1, num_bins)``; rewards: ``(B, T)`` original-space rewards;
     valid: ``(B, T)`` bool, False for frames whose reward must not be a target (routing);
-    bins: ``(num_bins,)`` symlog-space centres.
+    bins: ``(num_bins,)`` symlog-space centres; first_offset_weight: see :func:`mtp_offset_weights`;
+    example_weights: ``(B,)`` optional per-example importance weights (e.g. to undo a sampler's
+    oversampling of reward windows).
     """
     if reward_logits.dim() != 4 or reward_logits.shape[:2] != rewards.shape:
         raise ValueError(
@@ -162,7 +205,7 @@ def mtp_reward_loss(
         )
     targets, mask = mtp_targets(rewards.float(), valid, reward_logits.shape[2] - 1)
     frame_loss, _ = twohot_loss(_mask_logits(reward_logits, mask), targets, bins)
-    loss, per_offset, count = _reduce_offsets(frame_loss, mask)
+    loss, per_offset, count = _reduce_offsets(frame_loss, mask, first_offset_weight, example_weights)
     num_clamped = (twohot_out_of_range(targets, bins) & mask).sum()
     return MTPLoss(loss, per_offset, count, num_clamped=num_clamped)
 
@@ -172,13 +215,15 @@ def mtp_policy_loss(
     actions: Mapping[str, torch.Tensor],
     valid: torch.Tensor,
     action_space: Mapping[str, Mapping],
+    first_offset_weight: float | None = None,
 ) -> MTPLoss:
     """MTP behaviour-cloning loss of a factorised policy: ``h_t`` predicts ``actions[t + n]``.
 
     policy_logits: name -> ``(B, T, L+1, n)`` (n = 1 for binary components);
     actions: name -> ``(B, T)`` (int class for categorical, bool/0-1 for binary);
     valid: ``(B, T)`` bool, True where ``actions[t]`` is labeled and the example takes part in BC;
-    action_space: ordered name -> ``{"type": "categorical", "n": int}`` or ``{"type": "binary"}``.
+    action_space: ordered name -> ``{"type": "categorical", "n": int}`` or ``{"type": "binary"}``;
+    first_offset_weight: see :func:`mtp_offset_weights`.
     The loss of one target is the sum over components of their negative log-likelihoods
     (categorical cross entropy, binary logistic loss), i.e. the joint NLL of the factorised policy.
     """
@@ -186,6 +231,7 @@ def mtp_policy_loss(
     if missing:
         raise ValueError(f"objectives.mtp_policy_loss: no logits or actions for components {missing}")
     frame_loss: torch.Tensor | None = None
+    component_nll: dict[str, torch.Tensor] = {}
     correct: dict[str, torch.Tensor] = {}
     mask: torch.Tensor | None = None
     for name, spec in action_space.items():
@@ -215,13 +261,15 @@ def mtp_policy_loss(
         else:
             raise ValueError(f"objectives.mtp_policy_loss: unknown action type {spec['type']!r} for '{name}'")
         frame_loss = nll if frame_loss is None else frame_loss + nll
+        component_nll[name] = nll
     if frame_loss is None or mask is None:
         raise ValueError("objectives.mtp_policy_loss: the action space is empty")
-    loss, per_offset, count = _reduce_offsets(frame_loss, mask)
+    loss, per_offset, count = _reduce_offsets(frame_loss, mask, first_offset_weight)
     accuracy = {
         name: (hit & mask).sum(dim=(0, 1)).float() / count.clamp_min(1) for name, hit in correct.items()
     }
-    return MTPLoss(loss, per_offset, count, per_offset_accuracy=accuracy)
+    per_component = {name: _reduce_offsets(nll, mask, first_offset_weight)[0] for name, nll in component_nll.items()}
+    return MTPLoss(loss, per_offset, count, per_offset_accuracy=accuracy, per_component_loss=per_component)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -113,3 +113,25 @@ def test_invalid_arguments():
         MixtureSampler(10, [1], relevant_fraction=1.0)
     with pytest.raises(ValueError, match="relevant_indices"):
         MixtureSampler(10, [10])
+
+
+def test_importance_weights_undo_the_mixture() -> None:
+    sampler = MixtureSampler(10, [2, 5], relevant_fraction=0.5, seed=0)
+    weights = sampler.importance_weights()
+    # Relevant windows are drawn with probability 0.5 / 10 + 0.5 / 2 = 0.3, the others with 0.05: the weights
+    # 1/3 and 2 bring every window back to the uniform 1/10.
+    expected = np.full(10, 2.0)
+    expected[[2, 5]] = 1.0 / 3.0
+    np.testing.assert_allclose(weights, expected, rtol=1e-6)
+    # Empirically: over many epochs, draws x weights per window approach the uniform count.
+    counts = np.zeros(10)
+    for epoch in range(400):
+        sampler.set_epoch(epoch)
+        windows, _ = sampler.epoch_sequence()
+        counts += np.bincount(windows, minlength=10)
+    share = counts * weights / (counts * weights).sum()
+    np.testing.assert_allclose(share, 0.1, atol=0.01)
+    # No oversampling, or nothing to oversample: every weight is 1.
+    np.testing.assert_allclose(MixtureSampler(4, [1], relevant_fraction=0.0).importance_weights(), 1.0)
+    with pytest.warns(UserWarning):
+        np.testing.assert_allclose(MixtureSampler(4, [], relevant_fraction=0.5).importance_weights(), 1.0)

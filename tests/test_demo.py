@@ -25,6 +25,16 @@ def test_quick_demo_writes_report_and_summary(tmp_path: Path) -> None:
     assert summary["generation"]["num_steps_4"]["copy_last_frame_mse"] > 0
     assert set(summary["checks"]) == {"reward_auc_at_least_0.9", "movement_top1_at_least_twice_majority",
                                       "generated_frames_beat_copying_the_last_frame", "phase3_return_above_phase2"}
+    # Rare events are judged by threshold-free metrics, beside the linear-probe baseline.
+    assert 0.0 <= summary["reward_ap"] <= 1.0 and len(summary["reward_ap_per_offset"]) == len(summary["reward_auc_per_offset"])
+    assert {"reward_auc", "reward_ap"} <= set(summary["probe_baseline"])
+    kinds = {entry["type"] for entry in summary["bc"].values()}
+    assert kinds == {"binary", "categorical"}
+    for entry in summary["bc"].values():
+        keys = {"auc", "average_precision", "press_rate", "probe_auc"} if entry["type"] == "binary" else {
+            "balanced_accuracy", "probe_top1", "probe_balanced_accuracy"}
+        assert keys <= set(entry)
+    assert "average precision" in (tmp_path / "out" / "report.md").read_text()
     for name in ("report.md", "loss_curves.png", "rewards_pred_vs_true.png", "bc_accuracy_per_offset.png"):
         assert (tmp_path / "out" / name).is_file(), name
     assert (tmp_path / "out" / "imagination" / "final" / "config.json").is_file()

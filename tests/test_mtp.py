@@ -162,3 +162,69 @@ def test_reward_loss_matches_loop_reference_and_counts_clamped_valid_targets():
     # Valid clamped targets: frames 2 and 4 of example 0, seen from t = frame - n >= 0 for n = 0..3:
     # 3 times (t = 2, 1, 0) and 4 times (t = 4, 3, 2, 1).
     assert int(out.num_clamped) == 3 + 4
+
+
+def test_offset_weights_give_offset_zero_its_share_and_renormalise_over_offsets_with_targets():
+    from modeling_dreamer.objectives import mtp_offset_weights
+
+    counts = torch.tensor([5, 5, 4, 3, 0])  # offset 4 has no target (past the window)
+    uniform = mtp_offset_weights(counts)
+    assert uniform.tolist() == pytest.approx([0.25, 0.25, 0.25, 0.25, 0.0])
+    # Offset 0 gets 0.5, offsets 1..3 share the other 0.5.
+    assert mtp_offset_weights(counts, 0.5).tolist() == pytest.approx([0.5, 1 / 6, 1 / 6, 1 / 6, 0.0])
+    # Offset 0 without targets (every frame's own target masked): the later offsets share everything.
+    assert mtp_offset_weights(torch.tensor([0, 2, 2]), 0.5).tolist() == pytest.approx([0.0, 0.5, 0.5])
+    # Only offset 0 has targets, or L = 0: it gets everything.
+    assert mtp_offset_weights(torch.tensor([3, 0, 0]), 0.5).tolist() == pytest.approx([1.0, 0.0, 0.0])
+    assert mtp_offset_weights(torch.tensor([3]), 0.5).tolist() == pytest.approx([1.0])
+    assert mtp_offset_weights(torch.tensor([0, 0]), 0.5).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="first_offset_weight"):
+        mtp_offset_weights(counts, 0.0)
+
+
+def test_weighted_mtp_losses_are_the_weighted_sum_of_the_per_offset_means():
+    bins = twohot_bins(15, -2.0, 2.0)
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 6, 4, 15, generator=g)
+    rewards = torch.tensor([[0.0, 1.0, 0.0, 0.5, 0.0, 0.0], [2.0, 0.0, 0.0, -1.0, 0.0, 0.0]])
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    uniform = mtp_reward_loss(logits, rewards, valid, bins)
+    weighted = mtp_reward_loss(logits, rewards, valid, bins, first_offset_weight=0.7)
+    m = uniform.per_offset_loss
+    assert weighted.loss.item() == pytest.approx(0.7 * m[0].item() + 0.1 * m[1:].sum().item(), rel=1e-6)
+    assert torch.equal(weighted.per_offset_loss, m)
+    # Policy: same reduction.
+    policy_logits, actions = random_batch(2, 6, 3)
+    plain = mtp_policy_loss(policy_logits, actions, valid, SPACE)
+    heavy = mtp_policy_loss(policy_logits, actions, valid, SPACE, first_offset_weight=0.5)
+    p = plain.per_offset_loss
+    assert heavy.loss.item() == pytest.approx(0.5 * p[0].item() + 0.5 * p[1:].mean().item(), rel=1e-6)
+    # The gradient reaching offset 0's logits grows by 0.5 / (1/4) = 2x, the others' shrink by (0.5/3) / (1/4).
+    plain.loss.backward()
+    g_plain = policy_logits["move"].grad.clone()
+    policy_logits["move"].grad = None
+    heavy.loss.backward()
+    g_heavy = policy_logits["move"].grad
+    assert torch.allclose(g_heavy[:, :, 0], 2.0 * g_plain[:, :, 0], atol=1e-7)
+    assert torch.allclose(g_heavy[:, :, 1:], (2.0 / 3.0) * g_plain[:, :, 1:], atol=1e-7)
+
+
+def test_example_weights_make_each_offset_a_weighted_mean():
+    bins = twohot_bins(15, -2.0, 2.0)
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(3, 4, 2, 15, generator=g)
+    rewards = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
+    valid = torch.ones(3, 4, dtype=torch.bool)
+    weights = torch.tensor([0.2, 2.0, 1.0])
+    out = mtp_reward_loss(logits, rewards, valid, bins, example_weights=weights)
+    for n in range(2):
+        losses = torch.stack([
+            -(twohot_encode(rewards[b, t + n], bins) * F.log_softmax(logits[b, t, n], -1)).sum()
+            for b in range(3) for t in range(4 - n)
+        ]).view(3, 4 - n)
+        expected = (losses * weights[:, None]).sum() / (weights.sum() * (4 - n))
+        assert out.per_offset_loss[n].item() == pytest.approx(expected.item(), rel=1e-6)
+    # Weights of one make no difference.
+    assert mtp_reward_loss(logits, rewards, valid, bins, example_weights=torch.ones(3)).loss.item() == pytest.approx(
+        mtp_reward_loss(logits, rewards, valid, bins).loss.item(), rel=1e-6
+    )

@@ -74,8 +74,14 @@ def test_agent_stage_from_backbone_and_reload(run_training, dynamics_run: Path, 
     # What inference reads: the frame distances trained on (the window of 8) and the context signal level.
     assert model.config.time_context_length == 8 and model.config.context_signal_level == 0.9
     for key in ("eval/reward_auc", "eval/bc_top1/movement", "eval/twohot_clamped_share", "eval/dynamics_loss",
-                "eval/reward_mae/offset_3", "eval/bc_top1/movement/offset_3", "eval/bc_majority/movement"):
+                "eval/reward_mae/offset_3", "eval/bc_top1/movement/offset_3", "eval/bc_majority/movement",
+                "eval/reward_ap/offset_3", "eval/bc_balanced_accuracy/movement", "eval/probe/reward_auc",
+                "eval/probe/bc_top1/movement"):
         assert key in metrics, key
+    binary = [name for name, spec in model.config.action_space.items() if spec["type"] == "binary"]
+    assert binary and all(f"eval/bc_ap/{name}/offset_0" in metrics and f"eval/probe/bc_auc/{name}" in metrics
+                          for name in binary)
+    assert metrics["eval/probe/train_frames"] > 0  # fitted on the run's training windows (bind_data)
     setup = read_jsonl(tmp_path / "metrics.jsonl")[0]
     assert setup["origin"]["init"] == "grown from backbone"
     # Per-group learning rates as configured: backbone 0.3 x, agent and heads 1 x the base rate.
@@ -227,3 +233,50 @@ def test_world_size_mismatch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
         check_world_size(1)
     monkeypatch.setenv("WORLD_SIZE", "1")
     check_world_size(1)
+
+
+def test_agent_losses_weigh_offset_zero_and_reward_windows_as_configured(make_stage) -> None:
+    """The stage passes `mtp_first_offset_weight` to both MTP losses and, with `reward_importance_weights`,
+    each window's `p_uniform / p_sampler` (from the run's sampler) to the reward loss."""
+    from types import SimpleNamespace
+
+    from data.sampler import MixtureSampler
+    from modeling_dreamer.objectives import mtp_reward_loss
+
+    stage, model = make_stage(AgentStage, "--mtp_first_offset_weight", "0.7", "--reward_importance_weights", "true",
+                              "--reward_loss_sources", "uniform", "relevant")
+    sampler = MixtureSampler(10, [3], relevant_fraction=0.5)
+    stage.bind_data(SimpleNamespace(train_windows=None, sampler=sampler))
+    batch = random_batch(model, 2, 5, sources=[0, 1])
+    batch["reward"][0, 2], batch["reward"][1, 4] = 1.0, -2.0
+    batch["window_index"] = torch.tensor([7, 3])
+    model.eval()
+    with torch.no_grad():  # the reward head starts at zero (every offset's loss alike): give it some opinion
+        for param in model.reward_head.parameters():
+            param.add_(0.5 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
+    out = model(batch["latents"].float(), torch.ones(2, 5), torch.full((2, 5), 1.0 / model.config.k_max))
+    loss, _, logs = stage.reward_loss(out, batch, model)
+    weights = torch.tensor([2.0, 1.0 / (0.5 + 0.5 * 10)])  # window 7: 1 / (1 - p); window 3 is the relevant one
+    expected = mtp_reward_loss(out.reward_logits.float(), batch["reward"], torch.ones(2, 5, dtype=torch.bool),
+                               model.reward_bins(), first_offset_weight=0.7, example_weights=weights)
+    assert loss.item() == pytest.approx(expected.loss.item(), rel=1e-6)
+    unweighted = mtp_reward_loss(out.reward_logits.float(), batch["reward"], torch.ones(2, 5, dtype=torch.bool),
+                                 model.reward_bins())
+    assert abs(loss.item() - unweighted.loss.item()) > 1e-4  # the options change the loss
+
+
+def test_bc_components_normalised_apart_share_one_unit_of_weight(make_stage) -> None:
+    """`bc_normalization: component`: one loss term per action component (each with its own running RMS in
+    the loop), weighted 1 / (number of components); their raw sum is the joint NLL of the default."""
+    joint_stage, model = make_stage(AgentStage)
+    stage, _ = make_stage(AgentStage, "--bc_normalization", "component")
+    space = model.config.action_space
+    assert joint_stage.loss_terms == ("dynamics", "reward", "bc") and joint_stage.loss_weights() == {}
+    assert stage.loss_terms == ("dynamics", "reward", *(f"bc/{name}" for name in space))
+    assert stage.loss_weights() == {f"bc/{name}": pytest.approx(1.0 / len(space)) for name in space}
+    batch = random_batch(model, 2, 5, sources=[1, 1])
+    joint = joint_stage.compute_losses(model, batch, torch.Generator().manual_seed(0), model)
+    split = stage.compute_losses(model, batch, torch.Generator().manual_seed(0), model)
+    parts = [split.losses[f"bc/{name}"] for name in space]
+    assert sum(p.item() for p in parts) == pytest.approx(joint.losses["bc"].item(), rel=1e-5)
+    assert all(int(split.counts[f"bc/{name}"]) == int(joint.counts["bc"]) for name in space)

@@ -217,3 +217,13 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         parse_arguments(["--dataset_path", "x", "--stage", "dynamics", "--bc_loss_sources", "uniform"], STAGES)
     with pytest.raises(ValueError, match="model_overrides is not valid JSON"):
         parse_arguments(["--dataset_path", "x", "--model_overrides", "{hidden: 3"], STAGES).model.overrides()
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")))
+def test_every_shipped_recipe_parses(recipe: str) -> None:
+    """A recipe naming an argument its stage does not have (or a bad value) would stop a user's run at start."""
+    from training.stages import STAGES
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / recipe
+    args = parse_arguments(["--config", str(path)], STAGES)
+    assert args.training.stage in STAGES and args.data.dataset_path

@@ -84,6 +84,7 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
 
     # ---- Data: windows of the prepared dataset, drawn by the reward-mixture sampler ----
     data = load_data(args, accelerator.num_processes)
+    stage.bind_data(data)
     if saved is not None:
         check_resume_data(saved, checkpoint, data.description)
 
@@ -97,6 +98,7 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * data.steps_per_epoch(t))
     scheduler = build_scheduler(optimizer, t.lr_scheduler_type, t.warmup_steps, total_steps, t.scheduler_kwargs())
     normalizer = LossNormalizer(stage.loss_terms, decay=t.rms_decay)
+    loss_weights = stage.loss_weights()
     register_rms_state(accelerator, normalizer)
 
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, data.train_loader, scheduler)
@@ -180,7 +182,7 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
             generator = step_generator(t.seed, state.global_step, micro, accelerator.process_index, accelerator.device)
             with accelerator.accumulate(model):
                 result = stage.compute_losses(model, batch, generator, unwrapped)
-                total, normalized_logs = normalize_losses(normalizer, result.losses, result.counts)
+                total, normalized_logs = normalize_losses(normalizer, result.losses, result.counts, loss_weights)
                 step.watch(total)
                 if t.debug_inf_grad_at_step == state.global_step:
                     total = total * float("inf")  # testing aid: a finite loss whose gradients overflow
@@ -312,6 +314,7 @@ class RunData:
 
     schema: Any
     datasets: Any
+    train_windows: Any  # data.windows.WindowDataset of the training split
     sampler: Any
     train_loader: Any
     eval_loader: Any
@@ -369,7 +372,7 @@ def load_data(args: RunArguments, world_size: int) -> RunData:
     description = {"name": Path(d.dataset_path).name, "fingerprint": windows.fingerprint(),
                    "windows": len(windows), "relevant_windows": len(windows.relevant_windows()),
                    "window_length": d.window_length}
-    return RunData(schema, datasets, sampler, train_loader, eval_loader, len(windows),
+    return RunData(schema, datasets, windows, sampler, train_loader, eval_loader, len(windows),
                    len(windows.relevant_windows()), description, world_size)
 
 
@@ -419,9 +422,10 @@ def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.de
     return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank)
 
 
-def normalize_losses(normalizer: Any, losses: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]
-                     ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Sum of the RMS-normalised loss terms, and their raw and normalised values for the log.
+def normalize_losses(normalizer: Any, losses: dict[str, torch.Tensor], counts: dict[str, torch.Tensor],
+                     weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Weighted sum (`weights`: term -> weight, default 1) of the RMS-normalised loss terms, and their raw and
+    normalised values for the log.
 
     A term with no valid target on this process (count 0) still joins its normaliser's cross-process
     reduction but is left out of the average (and of the log); a term no process had leaves its normaliser
@@ -432,7 +436,7 @@ def normalize_losses(normalizer: Any, losses: dict[str, torch.Tensor], counts: d
     for name, loss in losses.items():
         present = counts[name] > 0
         normalized = normalizer.normalize(name, loss, present=present)  # an absent term is an exact 0
-        total = total + normalized
+        total = total + (weights or {}).get(name, 1.0) * normalized
         logs[f"loss/{name}"] = (loss.detach(), present)
         logs[f"loss_normalized/{name}"] = (normalized.detach(), present)
         logs[f"rms/{name}"] = normalizer[name].rms()

@@ -47,7 +47,9 @@ def write_model_card(folder: Path, config: Any, stage_description: str, setup: d
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     architecture = (config.architectures or ["DreamerModel"])[0]
-    finite = {k: v for k, v in sorted(metrics.items()) if isinstance(v, (int, float)) and math.isfinite(v)}
+    # The headline (offset 0) metrics; the per-offset curves stay in metrics.jsonl and eval_metrics.json.
+    finite = {k: v for k, v in sorted(metrics.items())
+              if isinstance(v, (int, float)) and math.isfinite(v) and "/offset_" not in k}
     card_data = ModelCardData(
         library_name="transformers",
         tags=["dreamerv4", "world-model", "reinforcement-learning", "modeling_dreamer", setup["stage"]],

@@ -3,8 +3,10 @@
 The model is a `DreamerAgentModel` (grown from a phase-1 `DreamerModel`, or continued from an agent). Per
 micro-batch, three loss terms, each normalised by its own running RMS in the loop:
 - `dynamics`: the shortcut forcing loss of phase 1, on the examples routed to it (`dynamics_loss_sources`);
-- `reward`: multi-token twohot reward prediction, `h_t` -> `reward[t + n]`, n = 0..L (`reward_loss_sources`);
-- `bc`: multi-token behaviour cloning of the factorised policy, `h_t` -> `actions[t + n]` (`bc_loss_sources`).
+- `reward`: multi-token twohot reward prediction, `h_t` -> `reward[t + n]`, n = 0..L (`reward_loss_sources`),
+  offset 0 weighing `mtp_first_offset_weight` of it (docs/reward_diagnosis.md);
+- `bc`: multi-token behaviour cloning of the factorised policy, `h_t` -> `actions[t + n]` (`bc_loss_sources`);
+  with `bc_normalization: component`, one term `bc/<component>` per action component instead.
 Examples outside the dynamics loss are observed as the agent sees frames at inference: at
 `context_signal_level` and the finest step (docs/training.md explains this choice).
 """
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.metrics import majority_rate, masked_mean, roc_auc
+from training.metrics import average_precision, balanced_accuracy, majority_rate, masked_mean, roc_auc
 from training.optim import GroupScales
 from training.checkpointing import RunError
 from training.stages.base import (
@@ -42,6 +44,31 @@ class AgentArguments:
     )
     bc_loss_sources: list[str] = field(
         default_factory=lambda: ["relevant"], metadata={"help": "Draw sources that get the behaviour-cloning loss."}
+    )
+    mtp_first_offset_weight: float = field(
+        default=0.5,
+        metadata={"help": "Weight of offset 0 (the reward and action at t itself) in the reward and bc multi-token "
+                  "losses; offsets 1..L share the rest equally. 1 / (L + 1) weighs every offset alike (eq. 9 as a "
+                  "mean). Why 0.5: docs/reward_diagnosis.md."},
+    )
+    reward_importance_weights: bool = field(
+        default=False,
+        metadata={"help": "Weight each window's reward targets by p_uniform / p_sampler, so that oversampling reward "
+                  "windows (relevant_fraction) does not bias the reward head (docs/reward_diagnosis.md)."},
+    )
+    bc_normalization: str = field(
+        default="joint",
+        metadata={"help": "joint: one bc loss term, the policy's joint NLL (the paper); component: each action "
+                  "component's NLL is its own term with its own running RMS, weighted 1 / (number of components), so "
+                  "rarely pressed keys are not drowned by movement (docs/reward_diagnosis.md)."},
+    )
+    probe_baseline: bool = field(
+        default=True,
+        metadata={"help": "Evaluate linear probes on the current and previous latents beside the model "
+                  "(eval/probe/...): the bar the reward and policy heads must clear."},
+    )
+    probe_max_windows: int = field(
+        default=2048, metadata={"help": "Training windows the probes are fitted on (spread evenly over the data)."}
     )
     context_signal_level: float = field(
         default=0.9,
@@ -74,6 +101,12 @@ class AgentArguments:
                     raise ValueError(f"{name}: {error}") from None
         if not 0.0 <= self.context_signal_level <= 1.0:
             raise ValueError(f"context_signal_level must be in [0, 1], got {self.context_signal_level}")
+        if not 0.0 < self.mtp_first_offset_weight <= 1.0:
+            raise ValueError(f"mtp_first_offset_weight must be in (0, 1], got {self.mtp_first_offset_weight}")
+        if self.bc_normalization not in ("joint", "component"):
+            raise ValueError(f"bc_normalization must be joint or component, got {self.bc_normalization!r}")
+        if self.probe_max_windows < 1:
+            raise ValueError(f"probe_max_windows must be >= 1, got {self.probe_max_windows}")
 
 
 class AgentStage(DynamicsStage):
@@ -86,6 +119,16 @@ class AgentStage(DynamicsStage):
         super().__init__(args)
         self.agent_args = args.of(AgentArguments)
         self.train_dynamics = not self.agent_args.freeze_backbone
+        self.train_windows: Any = None
+        self.window_weights: torch.Tensor | None = None  # (N,) importance weight of each training window
+        self.probes: Any = None  # training.probe_baseline.ProbeBaseline, fitted at the first evaluation
+
+    def bind_data(self, data: Any) -> None:
+        """Keeps the training windows (for the probe baseline) and, with `reward_importance_weights`, the
+        sampler's `p_uniform / p_sampler` per window."""
+        self.train_windows = data.train_windows
+        if self.agent_args.reward_importance_weights:
+            self.window_weights = torch.from_numpy(data.sampler.importance_weights())
 
     # ---- model ----
 
@@ -123,7 +166,14 @@ class AgentStage(DynamicsStage):
         """As the dynamics stage, and the model records the context signal level it is trained with (what
         inference feeds observed frames at)."""
         model.config.context_signal_level = self.agent_args.context_signal_level
+        if self.agent_args.bc_normalization == "component":
+            self.loss_terms = ("dynamics", "reward", *(f"bc/{name}" for name in model.config.action_space))
         return super().built(model)
+
+    def loss_weights(self) -> dict[str, float]:
+        """Per-component bc terms share one unit of weight, as the joint term has."""
+        components = [term for term in self.loss_terms if term.startswith("bc/")]
+        return {term: 1.0 / len(components) for term in components}
 
     @property
     def context_level(self) -> float:
@@ -161,10 +211,13 @@ class AgentStage(DynamicsStage):
             loss, count, logs = self.dynamics_loss(out.latent_pred, noised, unwrapped)
             result.losses["dynamics"], result.counts["dynamics"] = loss, count
             result.logs.update(logs)
-        for term, compute in (("reward", self.reward_loss), ("bc", self.behaviour_cloning_loss)):
-            loss, count, logs = compute(out, batch, unwrapped)
-            result.losses[term], result.counts[term] = loss, count
-            result.logs.update(logs)
+        loss, count, logs = self.reward_loss(out, batch, unwrapped)
+        result.losses["reward"], result.counts["reward"] = loss, count
+        result.logs.update(logs)
+        losses, count, logs = self.behaviour_cloning_loss(out, batch, unwrapped)
+        result.losses.update(losses)
+        result.counts.update({term: count for term in losses})
+        result.logs.update(logs)
         return result
 
     def reward_loss(self, out: Any, batch: dict[str, Any], unwrapped: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -172,46 +225,73 @@ class AgentStage(DynamicsStage):
         from modeling_dreamer.objectives import mtp_reward_loss
 
         valid = routed(batch["source"], self.agent_args.reward_loss_sources, batch["reward"].shape[1])
-        reward = mtp_reward_loss(out.reward_logits.float(), batch["reward"].float(), valid, unwrapped.reward_bins())
+        weights = None
+        if self.window_weights is not None:
+            # Moved once and indexed on the device: no host synchronisation per step.
+            self.window_weights = self.window_weights.to(batch["reward"].device)
+            weights = self.window_weights[batch["window_index"].to(batch["reward"].device)]
+        reward = mtp_reward_loss(out.reward_logits.float(), batch["reward"].float(), valid, unwrapped.reward_bins(),
+                                 first_offset_weight=self.agent_args.mtp_first_offset_weight, example_weights=weights)
         logs = {"twohot_clamped": reward.num_clamped}
         logs.update({f"reward_loss/offset_{n}": v for n, v in enumerate(offset_values(reward))})
         return reward.loss, reward.per_offset_count.sum(), logs
 
-    def behaviour_cloning_loss(self, out: Any, batch: dict[str, Any], unwrapped: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """MTP behaviour cloning (joint NLL of the factorised policy) on labelled frames of routed examples."""
+    def behaviour_cloning_loss(self, out: Any, batch: dict[str, Any], unwrapped: nn.Module
+                               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, Any]]:
+        """MTP behaviour cloning on labelled frames of routed examples: `{"bc": joint NLL of the factorised
+        policy}`, or with `bc_normalization: component` `{"bc/<component>": that component's NLL}`."""
         from modeling_dreamer.objectives import mtp_policy_loss
 
         space = self.model_config.action_space
         valid = batch["has_action"] & routed(batch["source"], self.agent_args.bc_loss_sources, batch["has_action"].shape[1])
         actions = {name: batch[name] for name in space}
-        policy = mtp_policy_loss({k: v.float() for k, v in out.policy_logits.items()}, actions, valid, space)
+        policy = mtp_policy_loss({k: v.float() for k, v in out.policy_logits.items()}, actions, valid, space,
+                                 first_offset_weight=self.agent_args.mtp_first_offset_weight)
         logs = {f"bc_loss/offset_{n}": v for n, v in enumerate(offset_values(policy))}
-        return policy.loss, policy.per_offset_count.sum(), logs
+        if self.agent_args.bc_normalization == "component":
+            losses = {f"bc/{name}": loss for name, loss in policy.per_component_loss.items()}
+        else:
+            losses = {"bc": policy.loss}
+        return losses, policy.per_offset_count.sum(), logs
 
     # ---- evaluation ----
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, seed: int) -> Evaluation:
-        """Dynamics as in phase 1; heads on frames observed at `context_signal_level`: reward decoded per MTP
-        offset (MAE, AUC of nonzero-reward events), behaviour cloning top-1 per component and offset against
-        the majority rate, and the share of twohot targets clamped."""
+        """Dynamics as in phase 1; heads on frames observed at `context_signal_level` (`agent_metrics`: reward
+        events and binary keys by AUC and average precision, categorical components by top-1 and balanced
+        accuracy, per MTP offset); with `probe_baseline`, the same offset-0 metrics of linear probes on the
+        current and previous latents (`training.probe_baseline`)."""
+        from training.probe_baseline import ProbeBaseline, probe_pool
+
+        config = self.model_config
+        pool = probe_pool(config.latent_channels, config.latent_height, config.latent_width)
+        with_probe = self.agent_args.probe_baseline and self.train_windows is not None
         records = []
         for batch, generator in self.eval_batches(loader, accelerator, seed):
             records.append({**self.evaluate_batch(model, batch, generator),
-                            **head_predictions(model, batch, generator, self.model_config)})
+                            **head_predictions(model, batch, generator, config, probe_pool=pool if with_probe else None)})
         arrays = gather_records(records, accelerator)
-        metrics = {"dynamics_loss": float(arrays["dynamics_loss"].mean()), **agent_metrics(arrays, self.model_config.action_space)}
+        metrics = {"dynamics_loss": float(arrays["dynamics_loss"].mean()), **agent_metrics(arrays, config.action_space)}
+        if with_probe:
+            if self.probes is None:  # the probes do not change during training: fitted once per run
+                self.probes = ProbeBaseline.fit(self.train_windows, config.action_space, config.context_tau, pool,
+                                                self.agent_args.probe_max_windows, seed)
+            metrics.update(probe_metrics(self.probes, arrays, config.action_space))
         return Evaluation(metrics, arrays)
 
 @torch.no_grad()
 def head_predictions(model: nn.Module, batch: dict[str, Any], generator: torch.Generator, config: Any,
-                     prior: bool = False) -> dict[str, torch.Tensor]:
+                     prior: bool = False, probe_pool: int | None = None) -> dict[str, torch.Tensor]:
     """The heads on real frames, observed as at inference (at the config's context signal level, the finest
-    step): per MTP offset, the decoded reward against the true one, and each action component's most likely
-    value (`distributions.policy_sample`, greedy) against the labelled one. `prior`: also the prior policy's.
-    Arrays `(B, T, L + 1)`, keyed for `agent_metrics`."""
+    step): per MTP offset, the reward head's decoded reward and event probabilities against the true reward,
+    and each action component's most likely value (`distributions.policy_sample`, greedy; binary components
+    also their probability) against the labelled one. `prior`: also the prior policy's. Arrays
+    `(B, T, L + 1)`, keyed for `agent_metrics`. `probe_pool`: also the observed latents, pooled by that
+    factor, for the probe baseline (`probe_latents`, `(B, T, C, H / pool, W / pool)`)."""
     from modeling_dreamer.distributions import policy_sample
     from modeling_dreamer.objectives import add_noise, mtp_targets, twohot_decode, twohot_out_of_range
+    from training.probe_baseline import pooled_latents
 
     z_clean = batch["latents"].float()
     b, t = z_clean.shape[:2]
@@ -224,10 +304,16 @@ def head_predictions(model: nn.Module, batch: dict[str, Any], generator: torch.G
     reward_true, reward_mask = mtp_targets(batch["reward"].float(), everything, config.mtp_length)
     record = {
         "reward_pred": twohot_decode(out.reward_logits.float(), bins),
+        **reward_event_probabilities(out.reward_logits.float(), bins),
         "reward_true": reward_true,
         "reward_mask": reward_mask,
         "reward_clamped": twohot_out_of_range(reward_true, bins) & reward_mask,
     }
+    if probe_pool is not None:
+        record["probe_latents"] = pooled_latents(observed, probe_pool)
+    for name, spec in config.action_space.items():
+        if spec["type"] == "binary":
+            record[f"action_prob/{name}"] = torch.sigmoid(out.policy_logits[name].float()[..., 0])
     policies = {"action_pred": out.policy_logits}
     if prior:
         policies["prior_action_pred"] = out.prior_policy_logits
@@ -239,6 +325,26 @@ def head_predictions(model: nn.Module, batch: dict[str, Any], generator: torch.G
         record[f"action_true/{name}"] = target
         record[f"action_mask/{name}"] = mask
     return record
+
+
+def reward_event_probabilities(logits: torch.Tensor, bins: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Event scores of a twohot reward distribution, `logits (..., K)` -> three `(...)` tensors.
+
+    `reward_event_prob`: P(r != 0), the mass off the bins that encode a reward of 0 (0 falls between two bins,
+    or on one); `reward_positive_prob` / `reward_negative_prob`: the mass above / below them. These, not the
+    decoded expectation, are the event detectors: a 1% chance of a -10 death moves the expectation more than
+    a 15% chance of a +0.2 gold event.
+    """
+    from modeling_dreamer.distributions import twohot_encode
+
+    probs = torch.softmax(logits, dim=-1)
+    zero = twohot_encode(torch.zeros((), device=bins.device), bins) > 0
+    above, below = (bins > 0) & ~zero, (bins < 0) & ~zero
+    return {
+        "reward_event_prob": 1.0 - probs[..., zero].sum(-1),
+        "reward_positive_prob": probs[..., above].sum(-1),
+        "reward_negative_prob": probs[..., below].sum(-1),
+    }
 
 
 def twohot_bins_of(model: nn.Module, config: Any) -> torch.Tensor:
@@ -256,20 +362,62 @@ def offset_values(result: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def agent_metrics(arrays: dict[str, np.ndarray], action_space: dict[str, Any]) -> dict[str, float]:
-    """Reward and behaviour-cloning metrics from gathered evaluation arrays."""
+    """Reward and behaviour-cloning metrics from gathered evaluation arrays (`head_predictions`).
+
+    Per MTP offset n (`.../offset_<n>`; the unsuffixed name is offset 0):
+    - reward: `reward_auc`, `reward_ap` (ROC AUC and average precision of P(r != 0) for "the reward at t + n
+      is nonzero"), `reward_auc_decoded` (AUC of |E[r]|, a poor event score kept for comparison),
+      `reward_mae`; offset 0 only: `reward_auc_positive` / `reward_auc_negative` (P(r > 0) for gains, P(r < 0)
+      for penalties), `reward_event_rate` (the average precision of a random score);
+    - every component: `bc_top1` and, offset 0, `bc_majority` (always predicting the commonest label);
+    - binary components: `bc_auc`, `bc_ap` of the press probability, `bc_press_rate` (offset 0);
+    - categorical components: `bc_balanced_accuracy` (mean recall over the classes present).
+    Undefined values (a key never pressed in the evaluation data) are NaN.
+    """
     metrics: dict[str, float] = {}
     pred, true, mask = arrays["reward_pred"], arrays["reward_true"], arrays["reward_mask"]
+    event = true != 0
     for n in range(pred.shape[-1]):
         m = mask[..., n]
         metrics[f"reward_mae/offset_{n}"] = masked_mean(np.abs(pred[..., n] - true[..., n]), m)
-        metrics[f"reward_auc/offset_{n}"] = roc_auc(np.abs(pred[..., n])[m], (true[..., n] != 0)[m])
-    metrics["reward_auc"] = metrics["reward_auc/offset_0"]
-    metrics["reward_mae"] = metrics["reward_mae/offset_0"]
+        metrics[f"reward_auc/offset_{n}"] = roc_auc(arrays["reward_event_prob"][..., n], event[..., n], m)
+        metrics[f"reward_ap/offset_{n}"] = average_precision(arrays["reward_event_prob"][..., n], event[..., n], m)
+        metrics[f"reward_auc_decoded/offset_{n}"] = roc_auc(np.abs(pred[..., n]), event[..., n], m)
+    for key in ("reward_auc", "reward_ap", "reward_auc_decoded", "reward_mae"):
+        metrics[key] = metrics[f"{key}/offset_0"]
+    m0 = mask[..., 0]
+    metrics["reward_auc_positive"] = roc_auc(arrays["reward_positive_prob"][..., 0], true[..., 0] > 0, m0)
+    metrics["reward_auc_negative"] = roc_auc(arrays["reward_negative_prob"][..., 0], true[..., 0] < 0, m0)
+    metrics["reward_event_rate"] = masked_mean(event[..., 0], m0)
     metrics["twohot_clamped_share"] = float(arrays["reward_clamped"].sum() / max(1, mask.sum()))
-    for name in action_space:
+    for name, spec in action_space.items():
         pred_a, true_a, mask_a = arrays[f"action_pred/{name}"], arrays[f"action_true/{name}"], arrays[f"action_mask/{name}"]
+        binary = spec["type"] == "binary"
         for n in range(pred_a.shape[-1]):
-            metrics[f"bc_top1/{name}/offset_{n}"] = masked_mean(pred_a[..., n] == true_a[..., n], mask_a[..., n])
-        metrics[f"bc_top1/{name}"] = metrics[f"bc_top1/{name}/offset_0"]
+            m = mask_a[..., n]
+            metrics[f"bc_top1/{name}/offset_{n}"] = masked_mean(pred_a[..., n] == true_a[..., n], m)
+            if binary:
+                prob, pressed = arrays[f"action_prob/{name}"][..., n], true_a[..., n] != 0
+                metrics[f"bc_auc/{name}/offset_{n}"] = roc_auc(prob, pressed, m)
+                metrics[f"bc_ap/{name}/offset_{n}"] = average_precision(prob, pressed, m)
+            else:
+                metrics[f"bc_balanced_accuracy/{name}/offset_{n}"] = balanced_accuracy(pred_a[..., n], true_a[..., n], m)
+        for key in ("bc_top1", "bc_auc", "bc_ap", "bc_balanced_accuracy"):
+            if f"{key}/{name}/offset_0" in metrics:
+                metrics[f"{key}/{name}"] = metrics[f"{key}/{name}/offset_0"]
         metrics[f"bc_majority/{name}"] = majority_rate(true_a[..., 0], mask_a[..., 0])
+        if binary:
+            metrics[f"bc_press_rate/{name}"] = masked_mean(true_a[..., 0] != 0, mask_a[..., 0])
     return metrics
+
+
+def probe_metrics(probes: Any, arrays: dict[str, np.ndarray], action_space: dict[str, Any]) -> dict[str, float]:
+    """The probe baseline's offset-0 metrics on the evaluated frames (`eval/probe/...`)."""
+    from training.metrics import frame_pair_features
+
+    latents = arrays["probe_latents"]
+    features = frame_pair_features(latents).reshape(-1, 2 * int(np.prod(latents.shape[2:])))
+    actions = {name: (arrays[f"action_true/{name}"][..., 0].reshape(-1), arrays[f"action_mask/{name}"][..., 0].reshape(-1))
+               for name in action_space}
+    return probes.metrics(features, arrays["reward_true"][..., 0].reshape(-1), arrays["reward_mask"][..., 0].reshape(-1),
+                          actions, action_space)

@@ -61,6 +61,11 @@ class Stage(ABC):
     def __init__(self, args: RunArguments) -> None:
         self.args = args
 
+    def bind_data(self, data: Any) -> None:
+        """Called once with the run's `training.loop.RunData` before the model is built, for stages whose
+        losses or evaluation need more than a batch (the sampler's draw probabilities, training windows
+        for a baseline). Default: nothing."""
+
     @abstractmethod
     def build_model(self, schema: Any) -> tuple[nn.Module, dict[str, Any]]:
         """The model to train (float32, on the CPU) and where it came from (logged, and shown on the model
@@ -68,6 +73,10 @@ class Stage(ABC):
 
     def configure_trainable(self, model: nn.Module) -> None:
         """Freeze what this stage does not train (`requires_grad_(False)`). Default: everything trains."""
+
+    def loss_weights(self) -> dict[str, float]:
+        """Weight of each loss term in the sum after RMS normalisation (terms not named weigh 1)."""
+        return {}
 
     def lr_scales(self) -> GroupScales:
         """Learning-rate multipliers of the parameter roles (backbone, agent, heads)."""

@@ -1,0 +1,124 @@
+"""The linear-probe baseline of the agent's evaluation: what the obvious model gets from the same frames.
+
+A reward event or a key press often shows in the latents as a change between the previous and the current
+frame. A learned reward or policy head is only worth its cost if it beats a regularised linear classifier on
+exactly that: per frame, the current latents and their change since the previous frame
+(`training.metrics.frame_pair_features`), observed as the model observes them (at the context signal level,
+with the same kind of noise). Probes are fitted once per run on training windows and scored on the held-out
+frames of every evaluation, for offset 0 (the reward and action at `t` itself):
+
+- reward events (`r_t != 0`) and each binary component: ROC AUC and average precision of the probe's logit;
+- each categorical component: top-1 and balanced accuracy of its argmax.
+
+Large latents are average-pooled spatially first, so that a frame has at most `max_features` pooled values
+(a 32 x 16 x 16 latent would otherwise give 16,384 features per frame).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.metrics import LinearProbe, categorical_metrics, event_metrics, fit_linear_probe, frame_pair_features
+
+
+def probe_pool(channels: int, height: int, width: int, max_features: int = 512) -> int:
+    """The smallest spatial pooling factor (dividing H and W) that leaves at most `max_features` values per
+    frame; the largest common divisor if none does."""
+    for pool in range(1, min(height, width) + 1):
+        if height % pool == 0 and width % pool == 0 and channels * (height // pool) * (width // pool) <= max_features:
+            return pool
+    return max(p for p in range(1, min(height, width) + 1) if height % p == 0 and width % p == 0)
+
+
+def pooled_latents(latents: torch.Tensor, pool: int) -> torch.Tensor:
+    """`(B, T, C, H, W)` -> `(B, T, C, H / pool, W / pool)` float32 block means."""
+    if pool == 1:
+        return latents.float()
+    b, t, c, h, w = latents.shape
+    return F.avg_pool2d(latents.float().reshape(b * t, c, h, w), pool).reshape(b, t, c, h // pool, w // pool)
+
+
+def observe(latents: torch.Tensor, level: float, generator: torch.Generator) -> torch.Tensor:
+    """Clean `(B, T, C, H, W)` latents as the agent observes them: at signal `level`, fresh noise."""
+    from modeling_dreamer.objectives import add_noise
+
+    z = latents.float()
+    noise = torch.randn(z.shape, generator=generator, device=z.device)
+    return add_noise(z, torch.full(z.shape[:2], level, device=z.device), noise)
+
+
+@dataclass
+class ProbeBaseline:
+    """Probes fitted on training frames: `reward` (events), and one per action component (None where the
+    training labels hold a single class, e.g. a key never pressed)."""
+
+    reward: LinearProbe | None
+    actions: dict[str, LinearProbe | None]
+    pool: int
+    train_frames: int
+
+    @classmethod
+    def fit(cls, windows: Any, action_space: Mapping[str, Mapping[str, Any]], level: float, pool: int,
+            max_windows: int, seed: int) -> "ProbeBaseline":
+        """Fit on up to `max_windows` training windows spread evenly over `windows` (a `WindowDataset`),
+        observed at signal `level` with noise from `seed`."""
+        count = min(len(windows), max_windows)
+        picks = np.unique(np.linspace(0, len(windows) - 1, count).round().astype(np.int64))
+        generator = torch.Generator().manual_seed(seed)
+        features, rewards, labels, labelled = [], [], {n: [] for n in action_space}, []
+        for start in range(0, len(picks), 256):
+            items = [windows[int(i)] for i in picks[start:start + 256]]
+            latents = torch.from_numpy(np.stack([item["latents"] for item in items]))
+            observed = pooled_latents(observe(latents, level, generator), pool)
+            features.append(frame_pair_features(observed.numpy()).reshape(-1, observed[0, 0].numel() * 2))
+            rewards.append(np.concatenate([np.asarray(item["reward"]) for item in items]))
+            labelled.append(np.concatenate([np.asarray(item["has_action"]) for item in items]))
+            for name in action_space:
+                labels[name].append(np.concatenate([np.asarray(item[name]) for item in items]))
+        x = np.concatenate(features)
+        has_action = np.concatenate(labelled).astype(bool)
+        reward = fit_or_none(x, np.concatenate(rewards) != 0)
+        actions = {}
+        for name, spec in action_space.items():
+            y = np.concatenate(labels[name])[has_action]
+            classes = None if spec["type"] == "binary" else int(spec["n"])
+            actions[name] = fit_or_none(x[has_action], y.astype(bool) if classes is None else y.astype(np.int64), classes)
+        return cls(reward, actions, pool, len(x))
+
+    def metrics(self, features: np.ndarray, reward_true: np.ndarray, reward_mask: np.ndarray,
+                actions: Mapping[str, tuple[np.ndarray, np.ndarray]], action_space: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+        """Held-out metrics of the probes, named as the model's with a `probe/` prefix.
+
+        features: `(N, F)` of the evaluated frames; reward_true, reward_mask: `(N,)` offset-0 rewards and
+        which count; actions: name -> (`(N,)` labels, `(N,)` labelled mask)."""
+        out: dict[str, float] = {"probe/train_frames": float(self.train_frames)}
+        events = reward_true[reward_mask] != 0
+        scores = self.reward.logits(features[reward_mask]) if self.reward is not None else None
+        result = event_metrics(scores, events) if scores is not None else None
+        out["probe/reward_auc"] = result["auc"] if result else float("nan")
+        out["probe/reward_ap"] = result["average_precision"] if result else float("nan")
+        for name, spec in action_space.items():
+            labels, mask = actions[name]
+            probe = self.actions[name]
+            if spec["type"] == "binary":
+                result = event_metrics(probe.logits(features[mask]), labels[mask].astype(bool)) if probe else None
+                out[f"probe/bc_auc/{name}"] = result["auc"] if result else float("nan")
+                out[f"probe/bc_ap/{name}"] = result["average_precision"] if result else float("nan")
+            else:
+                result = categorical_metrics(probe.predict(features[mask]), labels[mask]) if probe else None
+                out[f"probe/bc_top1/{name}"] = result["top1"] if result else float("nan")
+                out[f"probe/bc_balanced_accuracy/{name}"] = result["balanced_accuracy"] if result else float("nan")
+        return out
+
+
+def fit_or_none(features: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> LinearProbe | None:
+    """A probe, or None when the labels hold a single class (nothing to tell apart)."""
+    if np.unique(labels).size < 2:
+        return None
+    return fit_linear_probe(features, labels, num_classes=num_classes)
