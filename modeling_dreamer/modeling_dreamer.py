@@ -626,6 +626,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         c = self.config
         level = torch.full(latents.shape[:2], c.context_tau, device=latents.device)
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        # objectives.add_noise's corruption, written out: the shipped model files leave the training objectives out.
         observed = (1 - c.context_tau) * noise + c.context_tau * latents
         return self(observed, level, torch.full_like(level, 1.0 / c.k_max), actions=dict(actions) if actions else None,
                     action_mask=action_mask, task_ids=task_ids, past_key_values=past_key_values, use_cache=True)

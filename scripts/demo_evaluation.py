@@ -28,6 +28,7 @@ def generation_error(model_dir: Path, dataset: Path, context: int = 8, num_steps
     from data.schema import load_prepared
     from data.windows import WindowDataset, collate_windows
     from modeling_dreamer import DreamerModel
+    from modeling_dreamer.objectives import add_noise
 
     model = DreamerModel.from_pretrained(model_dir).eval()
     config = model.config
@@ -40,7 +41,7 @@ def generation_error(model_dir: Path, dataset: Path, context: int = 8, num_steps
     observed = latents[:, :context]
     noise = torch.randn(observed.shape, generator=generator)
     level = torch.full(observed.shape[:2], config.context_tau)
-    cache = model((1 - config.context_tau) * noise + config.context_tau * observed, level,
+    cache = model(add_noise(observed, level, noise), level,
                   torch.full_like(level, 1.0 / config.k_max), actions={k: v[:, :context] for k, v in actions.items()},
                   action_mask=batch["has_action"][:, :context], use_cache=True).past_key_values
     generated = model.generate_frame(cache, num_steps, generator)

@@ -374,6 +374,33 @@ def fit_linear_probe(
     return LinearProbe(mean, scale, weight, bias)
 
 
+def fit_probe_or_none(
+    features: np.ndarray, labels: np.ndarray, num_classes: int | None = None, **fit_kwargs: float
+) -> LinearProbe | None:
+    """:func:`fit_linear_probe`, or None when the labels hold fewer than two classes (a key never pressed in
+    training): there is nothing to tell apart."""
+    if np.unique(np.asarray(labels)).size < 2:
+        return None
+    return fit_linear_probe(features, labels, num_classes=num_classes, **fit_kwargs)
+
+
+def probe_scores(
+    probe: LinearProbe | None, features: np.ndarray, labels: np.ndarray, num_classes: int | None = None
+) -> dict[str, float]:
+    """A fitted probe's held-out scores: binary (``num_classes`` None): ``event_metrics`` of its logits (AUC,
+    average precision); categorical: ``categorical_metrics`` of its argmax (top-1, majority rate, balanced
+    accuracy). Without a probe every score is NaN (the counts are still reported)."""
+    labels = np.asarray(labels).ravel()
+    if num_classes is None:
+        if probe is None:
+            return {**event_metrics(np.zeros(labels.size), labels), "auc": float("nan"), "average_precision": float("nan")}
+        return event_metrics(probe.logits(features), labels)
+    if probe is None:
+        result = categorical_metrics(np.zeros(labels.size, dtype=np.int64), labels)
+        return {**result, "top1": float("nan"), "balanced_accuracy": float("nan")}
+    return categorical_metrics(probe.predict(features), labels)
+
+
 def linear_probe_baseline(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -389,19 +416,5 @@ def linear_probe_baseline(
     When the training labels hold fewer than two classes (a key never pressed in training) no probe can be
     fitted and every score is NaN (the counts are still reported).
     """
-    eval_labels = np.asarray(eval_labels).ravel()
-    try:
-        probe = fit_linear_probe(train_features, train_labels, num_classes=num_classes, **fit_kwargs)
-    except ValueError as error:
-        if "class" not in str(error):
-            raise
-        probe = None
-    if num_classes is None:
-        if probe is None:
-            return {**event_metrics(np.zeros(eval_labels.size), eval_labels), "auc": float("nan"),
-                    "average_precision": float("nan")}
-        return event_metrics(probe.logits(eval_features), eval_labels)
-    if probe is None:
-        result = categorical_metrics(np.zeros(eval_labels.size, dtype=np.int64), eval_labels)
-        return {**result, "top1": float("nan"), "balanced_accuracy": float("nan")}
-    return categorical_metrics(probe.predict(eval_features), eval_labels)
+    probe = fit_probe_or_none(train_features, train_labels, num_classes=num_classes, **fit_kwargs)
+    return probe_scores(probe, eval_features, eval_labels, num_classes)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.metrics import LinearProbe, categorical_metrics, event_metrics, fit_linear_probe, frame_pair_features
+from training.metrics import LinearProbe, fit_probe_or_none, frame_pair_features, probe_scores
 
 
 def probe_pool(channels: int, height: int, width: int, max_features: int = 512) -> int:
@@ -44,6 +44,11 @@ def pooled_latents(latents: torch.Tensor, pool: int) -> torch.Tensor:
     return F.avg_pool2d(latents.float().reshape(b * t, c, h, w), pool).reshape(b, t, c, h // pool, w // pool)
 
 
+def frame_pair_rows(latents: np.ndarray) -> np.ndarray:
+    """`(B, T, C, H, W)` -> `(B * T, 2 * C * H * W)`: one row of `frame_pair_features` per frame."""
+    return frame_pair_features(latents).reshape(-1, 2 * int(np.prod(latents.shape[2:])))
+
+
 def observe(latents: torch.Tensor, level: float, generator: torch.Generator) -> torch.Tensor:
     """Clean `(B, T, C, H, W)` latents as the agent observes them: at signal `level`, fresh noise."""
     from modeling_dreamer.objectives import add_noise
@@ -60,7 +65,6 @@ class ProbeBaseline:
 
     reward: LinearProbe | None
     actions: dict[str, LinearProbe | None]
-    pool: int
     train_frames: int
 
     @classmethod
@@ -76,20 +80,21 @@ class ProbeBaseline:
             items = [windows[int(i)] for i in picks[start:start + 256]]
             latents = torch.from_numpy(np.stack([item["latents"] for item in items]))
             observed = pooled_latents(observe(latents, level, generator), pool)
-            features.append(frame_pair_features(observed.numpy()).reshape(-1, observed[0, 0].numel() * 2))
+            features.append(frame_pair_rows(observed.numpy()))
             rewards.append(np.concatenate([np.asarray(item["reward"]) for item in items]))
             labelled.append(np.concatenate([np.asarray(item["has_action"]) for item in items]))
             for name in action_space:
                 labels[name].append(np.concatenate([np.asarray(item[name]) for item in items]))
         x = np.concatenate(features)
         has_action = np.concatenate(labelled).astype(bool)
-        reward = fit_or_none(x, np.concatenate(rewards) != 0)
+        reward = fit_probe_or_none(x, np.concatenate(rewards) != 0)
         actions = {}
         for name, spec in action_space.items():
             y = np.concatenate(labels[name])[has_action]
             classes = None if spec["type"] == "binary" else int(spec["n"])
-            actions[name] = fit_or_none(x[has_action], y.astype(bool) if classes is None else y.astype(np.int64), classes)
-        return cls(reward, actions, pool, len(x))
+            actions[name] = fit_probe_or_none(x[has_action], y.astype(bool) if classes is None else y.astype(np.int64),
+                                              num_classes=classes)
+        return cls(reward, actions, len(x))
 
     def metrics(self, features: np.ndarray, reward_true: np.ndarray, reward_mask: np.ndarray,
                 actions: Mapping[str, tuple[np.ndarray, np.ndarray]], action_space: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
@@ -98,27 +103,16 @@ class ProbeBaseline:
         features: `(N, F)` of the evaluated frames; reward_true, reward_mask: `(N,)` offset-0 rewards and
         which count; actions: name -> (`(N,)` labels, `(N,)` labelled mask)."""
         out: dict[str, float] = {"probe/train_frames": float(self.train_frames)}
-        events = reward_true[reward_mask] != 0
-        scores = self.reward.logits(features[reward_mask]) if self.reward is not None else None
-        result = event_metrics(scores, events) if scores is not None else None
-        out["probe/reward_auc"] = result["auc"] if result else float("nan")
-        out["probe/reward_ap"] = result["average_precision"] if result else float("nan")
+        reward = probe_scores(self.reward, features[reward_mask], reward_true[reward_mask] != 0)
+        out["probe/reward_auc"], out["probe/reward_ap"] = reward["auc"], reward["average_precision"]
         for name, spec in action_space.items():
             labels, mask = actions[name]
-            probe = self.actions[name]
             if spec["type"] == "binary":
-                result = event_metrics(probe.logits(features[mask]), labels[mask].astype(bool)) if probe else None
-                out[f"probe/bc_auc/{name}"] = result["auc"] if result else float("nan")
-                out[f"probe/bc_ap/{name}"] = result["average_precision"] if result else float("nan")
+                result = probe_scores(self.actions[name], features[mask], labels[mask].astype(bool))
+                out[f"probe/bc_auc/{name}"] = result["auc"]
+                out[f"probe/bc_ap/{name}"] = result["average_precision"]
             else:
-                result = categorical_metrics(probe.predict(features[mask]), labels[mask]) if probe else None
-                out[f"probe/bc_top1/{name}"] = result["top1"] if result else float("nan")
-                out[f"probe/bc_balanced_accuracy/{name}"] = result["balanced_accuracy"] if result else float("nan")
+                result = probe_scores(self.actions[name], features[mask], labels[mask], num_classes=int(spec["n"]))
+                out[f"probe/bc_top1/{name}"] = result["top1"]
+                out[f"probe/bc_balanced_accuracy/{name}"] = result["balanced_accuracy"]
         return out
-
-
-def fit_or_none(features: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> LinearProbe | None:
-    """A probe, or None when the labels hold a single class (nothing to tell apart)."""
-    if np.unique(labels).size < 2:
-        return None
-    return fit_linear_probe(features, labels, num_classes=num_classes)

@@ -413,10 +413,9 @@ def agent_metrics(arrays: dict[str, np.ndarray], action_space: dict[str, Any]) -
 
 def probe_metrics(probes: Any, arrays: dict[str, np.ndarray], action_space: dict[str, Any]) -> dict[str, float]:
     """The probe baseline's offset-0 metrics on the evaluated frames (`eval/probe/...`)."""
-    from training.metrics import frame_pair_features
+    from training.probe_baseline import frame_pair_rows
 
-    latents = arrays["probe_latents"]
-    features = frame_pair_features(latents).reshape(-1, 2 * int(np.prod(latents.shape[2:])))
+    features = frame_pair_rows(arrays["probe_latents"])
     actions = {name: (arrays[f"action_true/{name}"][..., 0].reshape(-1), arrays[f"action_mask/{name}"][..., 0].reshape(-1))
                for name in action_space}
     return probes.metrics(features, arrays["reward_true"][..., 0].reshape(-1), arrays["reward_mask"][..., 0].reshape(-1),

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from training.checkpointing import RunError
+from training.metrics import masked_mean
 from training.optim import GroupScales
 from training.stages.agent import head_predictions
 from training.stages.base import Evaluation, Stage, StepLosses, load_source_config, model_kwargs, saved_architecture
@@ -217,8 +218,8 @@ class ImaginationStage(Stage):
         for name in space:
             mask = arrays[f"action_mask/{name}"][..., 0]
             truth = arrays[f"action_true/{name}"][..., 0]
-            metrics[f"bc_top1/{name}"] = float((arrays[f"action_pred/{name}"][..., 0] == truth)[mask].mean()) if mask.any() else float("nan")
-            metrics[f"bc_top1_prior/{name}"] = float((arrays[f"prior_action_pred/{name}"][..., 0] == truth)[mask].mean()) if mask.any() else float("nan")
+            metrics[f"bc_top1/{name}"] = masked_mean(arrays[f"action_pred/{name}"][..., 0] == truth, mask)
+            metrics[f"bc_top1_prior/{name}"] = masked_mean(arrays[f"prior_action_pred/{name}"][..., 0] == truth, mask)
         return Evaluation(metrics, arrays)
 
 
