@@ -48,6 +48,10 @@ class MixtureSampler(Sampler):
             If empty, no relevant draws are made (warned once) and an epoch is a plain permutation.
         relevant_fraction: probability p in [0, 1) that a draw comes from the relevant windows.
         seed: base seed; the epoch's sequence is drawn from `numpy.random.default_rng((seed, epoch))`.
+        relevant_groups: optional groups of relevant windows (e.g. `WindowDataset.relevant_windows_by_sign()`:
+            windows with a gain, windows with a penalty). Each relevant draw then picks a group with equal
+            probability and takes that group's next window, so a rare kind of event (a death among hundreds
+            of gold pickups) is drawn as often as a common one. Their union replaces `relevant_indices`.
 
     Resuming mid-epoch: `state_dict()` records `position`, the number of draws already consumed in
     the current epoch; after `load_state_dict`, the next iteration starts there. Use either this or
@@ -60,7 +64,14 @@ class MixtureSampler(Sampler):
         relevant_indices: Sequence[int] | np.ndarray,
         relevant_fraction: float = 0.5,
         seed: int = 0,
+        relevant_groups: Sequence[Sequence[int] | np.ndarray] | None = None,
     ) -> None:
+        if relevant_groups is not None:
+            self.relevant_groups = [np.unique(np.asarray(g, dtype=np.int64)) for g in relevant_groups if len(g)]
+            relevant_indices = (np.unique(np.concatenate(self.relevant_groups)) if self.relevant_groups
+                                else np.zeros(0, np.int64))
+        else:
+            self.relevant_groups = None
         if num_windows < 1:
             raise ValueError(f"num_windows must be >= 1, got {num_windows}")
         if not 0.0 <= relevant_fraction < 1.0:
@@ -98,25 +109,41 @@ class MixtureSampler(Sampler):
         windows = np.empty(total, np.int64)
         windows[uniform_positions] = uniform
         num_relevant = total - self.num_windows
-        if num_relevant:
-            laps = -(-num_relevant // len(self.relevant_indices))
-            walk = np.concatenate([rng.permutation(self.relevant_indices) for _ in range(laps)])
-            windows[source == DrawSource.RELEVANT] = walk[:num_relevant]
+        if num_relevant and self.relevant_groups is None:
+            windows[source == DrawSource.RELEVANT] = self._walk(rng, self.relevant_indices, num_relevant)
+        elif num_relevant:
+            group = rng.integers(len(self.relevant_groups), size=num_relevant)
+            drawn = np.empty(num_relevant, np.int64)
+            for g, members in enumerate(self.relevant_groups):
+                picks = group == g
+                drawn[picks] = self._walk(rng, members, int(picks.sum()))
+            windows[source == DrawSource.RELEVANT] = drawn
         self._cache = (epoch, windows, source)
         return windows, source
+
+    @staticmethod
+    def _walk(rng: np.random.Generator, members: np.ndarray, count: int) -> np.ndarray:
+        """`count` draws from `members` walking successive fresh permutations (even coverage, no replacement
+        within a lap)."""
+        laps = -(-count // len(members))
+        if laps == 0:
+            return np.zeros(0, np.int64)
+        return np.concatenate([rng.permutation(members) for _ in range(laps)])[:count]
 
     def importance_weights(self) -> np.ndarray:
         """`(N,)` float32 `p_uniform(w) / p_sampler(w)` of every window: weighting a window's loss by it makes
         the expected loss over the mixture's draws equal to that of uniform draws.
 
         A draw is uniform with probability `1 - p` and one of the K relevant windows with probability p, so
-        `p_sampler(w) = (1 - p) / N + p / K` for relevant windows and `(1 - p) / N` for the others.
+        `p_sampler(w) = (1 - p) / N + p / K` for relevant windows and `(1 - p) / N` for the others. With G
+        groups, a relevant draw takes window w with probability `sum over the groups g holding w of 1 / (G K_g)`.
         """
-        relevant = np.zeros(self.num_windows, dtype=bool)
-        relevant[self.relevant_indices] = True
-        p = self.relevant_fraction if relevant.any() else 0.0
-        oversampling = self.num_windows / max(1, int(relevant.sum()))
-        return (1.0 / ((1.0 - p) + p * oversampling * relevant)).astype(np.float32)
+        p = self.relevant_fraction if len(self.relevant_indices) else 0.0
+        groups = self.relevant_groups if self.relevant_groups is not None else [self.relevant_indices]
+        relevant_probability = np.zeros(self.num_windows)
+        for members in (g for g in groups if len(g)):
+            relevant_probability[members] += 1.0 / (len(groups) * len(members))
+        return (1.0 / ((1.0 - p) + p * self.num_windows * relevant_probability)).astype(np.float32)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose sequence the next iteration yields (a new epoch starts at 0)."""
@@ -148,6 +175,7 @@ class MixtureSampler(Sampler):
             "relevant_fraction": self.relevant_fraction,
             "num_windows": self.num_windows,
             "num_relevant": len(self.relevant_indices),
+            "relevant_groups": 0 if self.relevant_groups is None else len(self.relevant_groups),
             "position": self.position if position is None else int(position),
         }
 
@@ -161,6 +189,10 @@ class MixtureSampler(Sampler):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()`; the next iteration continues the same epoch at `position`."""
+        groups = 0 if self.relevant_groups is None else len(self.relevant_groups)
+        if state.get("relevant_groups", 0) != groups:
+            raise ValueError(f"sampler state draws relevant windows from {state.get('relevant_groups', 0)} group(s), "
+                             f"this sampler from {groups}: a different relevant_balance")
         if state["num_windows"] != self.num_windows or state["num_relevant"] != len(self.relevant_indices):
             raise ValueError(
                 f"sampler state is for {state['num_windows']} windows ({state['num_relevant']} relevant), "

@@ -73,8 +73,12 @@ class WindowDataset:
         starts = [np.arange(a, b - T + 1, self.stride) for a, b in zip(run_starts, run_ends) if b - a >= T]
         self.window_starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
 
-        events = np.concatenate([[0], np.cumsum(self.reward != 0)])
-        self._has_reward = events[self.window_starts + T] > events[self.window_starts]
+        def windows_with(frames: np.ndarray) -> np.ndarray:
+            counts = np.concatenate([[0], np.cumsum(frames)])
+            return counts[self.window_starts + T] > counts[self.window_starts]
+
+        self._has_reward = windows_with(self.reward != 0)
+        self._has_gain, self._has_penalty = windows_with(self.reward > 0), windows_with(self.reward < 0)
 
     def _map_latents(self) -> None:
         """Per Arrow chunk, a zero-copy `(rows, C, H, W)` float16 view into the memory map."""
@@ -112,6 +116,12 @@ class WindowDataset:
     def relevant_windows(self) -> np.ndarray:
         """Indices of the windows that contain a nonzero reward, `(K,)` int64 ascending."""
         return np.flatnonzero(self._has_reward)
+
+    def relevant_windows_by_sign(self) -> list[np.ndarray]:
+        """The relevant windows as two groups, those with a positive reward and those with a negative one
+        (a window with both is in both); a group with no window is left out."""
+        groups = [np.flatnonzero(self._has_gain), np.flatnonzero(self._has_penalty)]
+        return [group for group in groups if len(group)]
 
     def _latents(self, start: int, length: int) -> np.ndarray:
         chunk = int(np.searchsorted(self._chunk_starts, start, side="right")) - 1

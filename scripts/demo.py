@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from demo_evaluation import generation_error, play
+from demo_evaluation import generation_error, paired_difference, play
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,9 +131,9 @@ def main() -> None:
     parser.add_argument("--dynamics-recipe", default="recipes/demo_dynamics.yaml")
     parser.add_argument("--agent-recipe", default="recipes/demo_agent.yaml")
     parser.add_argument("--imagination-recipe", default="recipes/demo_imagination.yaml")
-    # 200: a death costs 10 and is rare, so the return of an episode is noisy; with 40 paired episodes the
-    # standard error of the phase-3 minus phase-2 difference was about 1.4, with 200 about 0.6.
-    parser.add_argument("--episodes", type=int, default=200, help="game episodes per agent (paired seeds)")
+    # 400: a death costs 10 and is rare, so the return of an episode is noisy; the standard error of the
+    # phase-3 minus phase-2 difference was about 1.4 with 40 paired episodes, about 0.6 with 200.
+    parser.add_argument("--episodes", type=int, default=400, help="game episodes per agent (paired seeds)")
     parser.add_argument("--quick", action="store_true", help="a few steps of each stage and a short game (for tests)")
     args = parser.parse_args()
 
@@ -191,7 +191,8 @@ def main() -> None:
 
     offsets = range(config["mtp_length"] + 1)
     bc = {name: bc_summary(agent_final, name, config["action_space"][name], offsets) for name in components}
-    paired = np.array(play_phase3["returns"]) - np.array(play_phase2["returns"])
+    paired = {name: paired_difference(play_phase3[key], play_phase2[key])
+              for name, key in (("return", "returns"), ("gold", "gold_per_episode"), ("deaths", "deaths_per_episode"))}
     summary = {
         "reward_auc": agent_final["eval/reward_auc"],
         "reward_mae": agent_final["eval/reward_mae"],
@@ -210,8 +211,14 @@ def main() -> None:
             "return_phase2": play_phase2["return"],
             "return_phase3": play_phase3["return"],
             "episodes": play_phase2["episodes"],
-            "paired_difference": float(paired.mean()),
-            "paired_difference_stderr": float(paired.std(ddof=1) / np.sqrt(len(paired))) if len(paired) > 1 else None,
+            "paired_difference": paired["return"][0],
+            "paired_difference_stderr": paired["return"][1],
+            # Where the difference comes from: gold (what a better policy collects) and deaths (-10 each, rare:
+            # most of the return's variance).
+            "paired_gold_difference": paired["gold"][0],
+            "paired_gold_difference_stderr": paired["gold"][1],
+            "paired_deaths_difference": paired["deaths"][0],
+            "paired_deaths_difference_stderr": paired["deaths"][1],
             "scripted_player_return": play_phase2["scripted_return"],
             "imagined_return_phase3": final["imagination"].get("eval/imagined_return"),
             "imagined_return_prior": final["imagination"].get("eval/imagined_return_prior"),
@@ -344,7 +351,11 @@ def report(summary: dict, setup: dict, bc: dict) -> str:
         f"{game2['scripted_deaths']:.2f} | 1 |",
         "",
         f"Paired difference phase 3 - phase 2: {imagination['paired_difference']:+.2f} "
-        f"(standard error {imagination['paired_difference_stderr'] or float('nan'):.2f}).",
+        f"(standard error {imagination['paired_difference_stderr'] or float('nan'):.2f}); gold per episode "
+        f"{imagination['paired_gold_difference']:+.0f} (standard error "
+        f"{imagination['paired_gold_difference_stderr'] or float('nan'):.0f}), deaths per episode "
+        f"{imagination['paired_deaths_difference']:+.3f} (standard error "
+        f"{imagination['paired_deaths_difference_stderr'] or float('nan'):.3f}).",
         "",
         f"The phase-2 agent acting greedily (each component's mode) moves as the scripted player does on "
         f"{summary['game']['phase2_greedy']['movement_agreement']:.3f} of the frames; its held-out movement "

@@ -130,5 +130,16 @@ def test_probe_baseline_finds_frame_to_frame_jumps_and_reports_undefined_compone
     actions = {name: (np.concatenate([item[name] for item in held_out.items]), everything) for name in SPACE}
     m = probes.metrics(features, reward, everything, actions, SPACE)
     assert m["probe/reward_auc"] > 0.99 and m["probe/bc_auc/jump"] > 0.99
+    # Per kind: gains against frames without reward; these windows hold no penalty, so that AUC is undefined.
+    assert m["probe/reward_auc_positive"] == pytest.approx(m["probe/reward_auc"])
+    assert math.isnan(m["probe/reward_auc_negative"])
+    # A penalty where the first gain was, ranked by the same score against the frames without reward only.
+    signed = reward.copy()
+    signed[np.flatnonzero(reward)[0]] = -1.0
+    s = probes.metrics(features, signed, everything, actions, SPACE)
+    logits = probes.reward.logits(features)
+    without = reward == 0
+    expected = float((logits[np.flatnonzero(reward)[0]] > logits[without]).mean())  # one penalty: its rank share
+    assert s["probe/reward_auc_negative"] == pytest.approx(expected)
     assert m["probe/bc_top1/move"] > 0.95
     assert math.isnan(m["probe/bc_auc/never"]) and math.isnan(m["probe/bc_ap/never"])

@@ -135,3 +135,49 @@ def test_importance_weights_undo_the_mixture() -> None:
     np.testing.assert_allclose(MixtureSampler(4, [1], relevant_fraction=0.0).importance_weights(), 1.0)
     with pytest.warns(UserWarning):
         np.testing.assert_allclose(MixtureSampler(4, [], relevant_fraction=0.5).importance_weights(), 1.0)
+
+
+def test_relevant_groups_are_drawn_equally_often() -> None:
+    # 40 windows with a gain, 2 with a penalty (window 99 has both): relevant draws pick a group at random.
+    gains, penalties = np.arange(60, 100), np.array([5, 99])
+    sampler = MixtureSampler(300, [], relevant_fraction=0.5, seed=3, relevant_groups=[gains, penalties])
+    assert sampler.relevant_indices.tolist() == [5] + list(range(60, 100))
+    drawn = []
+    for epoch in range(10):
+        sampler.set_epoch(epoch)
+        windows, source = sampler.epoch_sequence()
+        assert sorted(windows[source == 0].tolist()) == list(range(300))  # the uniform pass is untouched
+        drawn.append(windows[source == 1])
+    drawn = np.concatenate(drawn)
+    from_penalties = np.isin(drawn, penalties).mean()
+    # Half of the draws come from the penalty group, plus the gain group's draws of window 99 (1/40 of its half).
+    assert abs(from_penalties - (0.5 + 0.5 / 40)) < 0.03
+    # Without groups the two penalty windows would get 2/41 of the relevant draws.
+    plain = MixtureSampler(300, np.union1d(gains, penalties), relevant_fraction=0.5, seed=3)
+    plain_windows, plain_source = plain.epoch_sequence()
+    assert np.isin(plain_windows[plain_source == 1], penalties).mean() < 0.1
+    # A sampler state records the grouping, and a sampler with another grouping refuses it.
+    with pytest.raises(ValueError, match="group"):
+        plain.load_state_dict(sampler.state_dict())
+    # Resuming mid-epoch continues the grouped sequence exactly.
+    sampler.set_epoch(4)
+    expected = list(sampler)
+    resumed = MixtureSampler(300, [], relevant_fraction=0.5, seed=3, relevant_groups=[gains, penalties])
+    resumed.load_state_dict(sampler.state_dict(position=101))
+    assert expected[:101] + list(resumed) == expected
+
+
+def test_importance_weights_with_groups() -> None:
+    sampler = MixtureSampler(10, [], relevant_fraction=0.5, seed=0, relevant_groups=[[2, 5], [5, 7]])
+    # A relevant draw takes window 2 with probability 1/2 * 1/2, window 5 with 1/4 + 1/4, window 7 with 1/4;
+    # p_sampler = 0.5 / 10 + 0.5 * that, and the weight is (1 / 10) / p_sampler.
+    expected = np.full(10, 2.0)
+    expected[[2, 7]] = 0.1 / (0.05 + 0.125)
+    expected[5] = 0.1 / (0.05 + 0.25)
+    np.testing.assert_allclose(sampler.importance_weights(), expected, rtol=1e-6)
+    counts = np.zeros(10)
+    for epoch in range(400):
+        sampler.set_epoch(epoch)
+        counts += np.bincount(sampler.epoch_sequence()[0], minlength=10)
+    share = counts * expected / (counts * expected).sum()
+    np.testing.assert_allclose(share, 0.1, atol=0.01)

@@ -22,6 +22,12 @@ def test_quick_demo_writes_report_and_summary(tmp_path: Path) -> None:
     imagination = summary["imagination"]
     assert set(imagination) >= {"return_phase2", "return_phase3", "episodes"} and imagination["episodes"] == 4
     assert all(isinstance(imagination[k], float) for k in ("return_phase2", "return_phase3"))
+    # The paired gold and death differences are those of the per-episode figures of the two agents.
+    game = summary["game"]
+    for name, key in (("gold", "gold_per_episode"), ("deaths", "deaths_per_episode")):
+        assert len(game["phase3"][key]) == 4
+        expected = sum(a - b for a, b in zip(game["phase3"][key], game["phase2"][key])) / 4
+        assert imagination[f"paired_{name}_difference"] == pytest.approx(expected)
     assert summary["generation"]["num_steps_4"]["copy_last_frame_mse"] > 0
     assert set(summary["checks"]) == {"reward_auc_at_least_0.9", "movement_top1_at_least_twice_majority",
                                       "generated_frames_beat_copying_the_last_frame", "phase3_return_above_phase2"}

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -280,3 +281,22 @@ def test_bc_components_normalised_apart_share_one_unit_of_weight(make_stage) -> 
     parts = [split.losses[f"bc/{name}"] for name in space]
     assert sum(p.item() for p in parts) == pytest.approx(joint.losses["bc"].item(), rel=1e-5)
     assert all(int(split.counts[f"bc/{name}"]) == int(joint.counts["bc"]) for name in space)
+
+
+def test_probe_baseline_fits_on_tiled_windows_whatever_the_training_stride(make_stage, prepared_game) -> None:
+    """The probe's bar must not move with `window_stride` (a sampling knob): the stage keeps tiled windows of
+    the training split for it."""
+    from types import SimpleNamespace
+
+    from data.schema import load_prepared
+    from data.windows import WindowDataset
+
+    datasets, _ = load_prepared(prepared_game)
+    stage, _ = make_stage(AgentStage)
+    overlapping = WindowDataset(datasets["train"], 8, stride=2)
+    stage.bind_data(SimpleNamespace(train_windows=overlapping, datasets=datasets, sampler=None))
+    tiled = WindowDataset(datasets["train"], 8)
+    assert stage.probe_windows.stride == 8 and len(stage.probe_windows) == len(tiled) < len(overlapping)
+    np.testing.assert_array_equal(stage.probe_windows.window_starts, tiled.window_starts)
+    stage.bind_data(SimpleNamespace(train_windows=tiled, datasets=datasets, sampler=None))
+    assert stage.probe_windows is tiled

@@ -73,8 +73,17 @@ class DataArguments:
     relevant_fraction: float = field(
         default=0.5, metadata={"help": "Probability that a draw is a window containing a nonzero reward."}
     )
+    relevant_balance: str = field(
+        default="none",
+        metadata={"help": "How relevant draws pick among reward windows: `none` (all alike) or `sign` (windows with a "
+                  "gain and windows with a penalty equally often, so rare penalties are learned; docs/data.md)."},
+    )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader workers (0 is fastest on 2 cores)."})
     max_eval_windows: int | None = field(default=None, metadata={"help": "Cap on validation windows per evaluation."})
+
+    def __post_init__(self) -> None:
+        if self.relevant_balance not in ("none", "sign"):
+            raise ValueError(f"relevant_balance must be none | sign, got {self.relevant_balance!r}")
 
 
 @dataclass

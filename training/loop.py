@@ -358,7 +358,9 @@ def load_data(args: RunArguments, world_size: int) -> RunData:
     windows = WindowDataset(datasets["train"], d.window_length, stride=d.window_stride)
     if len(windows) == 0:
         raise RunError(f"{d.dataset_path}: no training window of {d.window_length} consecutive frames")
-    sampler = MixtureSampler(len(windows), windows.relevant_windows(), d.relevant_fraction, seed=t.seed)
+    groups = windows.relevant_windows_by_sign() if d.relevant_balance == "sign" else None
+    sampler = MixtureSampler(len(windows), windows.relevant_windows(), d.relevant_fraction, seed=t.seed,
+                             relevant_groups=groups)
     train_loader = DataLoader(windows, batch_size=t.per_device_train_batch_size, sampler=sampler,
                               collate_fn=collate_windows, drop_last=True, num_workers=d.dataloader_num_workers)
     eval_loader = None

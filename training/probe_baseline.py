@@ -105,6 +105,12 @@ class ProbeBaseline:
         out: dict[str, float] = {"probe/train_frames": float(self.train_frames)}
         reward = probe_scores(self.reward, features[reward_mask], reward_true[reward_mask] != 0)
         out["probe/reward_auc"], out["probe/reward_ap"] = reward["auc"], reward["average_precision"]
+        # Per kind of event, the probe's one score ranks gains (or penalties) against the frames without reward
+        # (the other kind left out: the probe does not tell them apart).
+        for kind, events, others in (("positive", reward_true > 0, reward_true < 0),
+                                     ("negative", reward_true < 0, reward_true > 0)):
+            keep = reward_mask & ~others
+            out[f"probe/reward_auc_{kind}"] = probe_scores(self.reward, features[keep], events[keep])["auc"]
         for name, spec in action_space.items():
             labels, mask = actions[name]
             if spec["type"] == "binary":

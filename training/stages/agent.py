@@ -119,14 +119,18 @@ class AgentStage(DynamicsStage):
         super().__init__(args)
         self.agent_args = args.of(AgentArguments)
         self.train_dynamics = not self.agent_args.freeze_backbone
-        self.train_windows: Any = None
+        self.probe_windows: Any = None
         self.window_weights: torch.Tensor | None = None  # (N,) importance weight of each training window
         self.probes: Any = None  # training.probe_baseline.ProbeBaseline, fitted at the first evaluation
 
     def bind_data(self, data: Any) -> None:
-        """Keeps the training windows (for the probe baseline) and, with `reward_importance_weights`, the
-        sampler's `p_uniform / p_sampler` per window."""
-        self.train_windows = data.train_windows
+        """Keeps tiled training windows for the probe baseline (the baseline's frames then do not depend on
+        `window_stride`) and, with `reward_importance_weights`, the sampler's `p_uniform / p_sampler` per window."""
+        from data.windows import WindowDataset
+
+        windows = data.train_windows
+        tiled = windows is None or windows.stride == windows.window_length
+        self.probe_windows = windows if tiled else WindowDataset(data.datasets["train"], windows.window_length)
         if self.agent_args.reward_importance_weights:
             self.window_weights = torch.from_numpy(data.sampler.importance_weights())
 
@@ -266,7 +270,7 @@ class AgentStage(DynamicsStage):
 
         config = self.model_config
         pool = probe_pool(config.latent_channels, config.latent_height, config.latent_width)
-        with_probe = self.agent_args.probe_baseline and self.train_windows is not None
+        with_probe = self.agent_args.probe_baseline and self.probe_windows is not None
         records = []
         for batch, generator in self.eval_batches(loader, accelerator, seed):
             records.append({**self.evaluate_batch(model, batch, generator),
@@ -275,7 +279,7 @@ class AgentStage(DynamicsStage):
         metrics = {"dynamics_loss": float(arrays["dynamics_loss"].mean()), **agent_metrics(arrays, config.action_space)}
         if with_probe:
             if self.probes is None:  # the probes do not change during training: fitted once per run
-                self.probes = ProbeBaseline.fit(self.train_windows, config.action_space, config.context_tau, pool,
+                self.probes = ProbeBaseline.fit(self.probe_windows, config.action_space, config.context_tau, pool,
                                                 self.agent_args.probe_max_windows, seed)
             metrics.update(probe_metrics(self.probes, arrays, config.action_space))
         return Evaluation(metrics, arrays)
