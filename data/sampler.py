@@ -66,12 +66,13 @@ class MixtureSampler(Sampler):
         seed: int = 0,
         relevant_groups: Sequence[Sequence[int] | np.ndarray] | None = None,
     ) -> None:
-        if relevant_groups is not None:
-            self.relevant_groups = [np.unique(np.asarray(g, dtype=np.int64)) for g in relevant_groups if len(g)]
-            relevant_indices = (np.unique(np.concatenate(self.relevant_groups)) if self.relevant_groups
-                                else np.zeros(0, np.int64))
+        if relevant_groups is None:
+            relevant_indices = np.asarray(relevant_indices, dtype=np.int64)
+            relevant_groups = [relevant_indices]
         else:
-            self.relevant_groups = None
+            relevant_groups = [np.unique(np.asarray(g, dtype=np.int64)) for g in relevant_groups]
+            relevant_indices = np.unique(np.concatenate(relevant_groups)) if relevant_groups else np.zeros(0, np.int64)
+        self.relevant_groups = [g for g in relevant_groups if len(g)]  # without groups, one: the relevant windows
         if num_windows < 1:
             raise ValueError(f"num_windows must be >= 1, got {num_windows}")
         if not 0.0 <= relevant_fraction < 1.0:
@@ -109,10 +110,10 @@ class MixtureSampler(Sampler):
         windows = np.empty(total, np.int64)
         windows[uniform_positions] = uniform
         num_relevant = total - self.num_windows
-        if num_relevant and self.relevant_groups is None:
-            windows[source == DrawSource.RELEVANT] = self._walk(rng, self.relevant_indices, num_relevant)
-        elif num_relevant:
-            group = rng.integers(len(self.relevant_groups), size=num_relevant)
+        if num_relevant:
+            # Each relevant draw picks a group (at random when there are several), then that group's next window.
+            count = len(self.relevant_groups)
+            group = rng.integers(count, size=num_relevant) if count > 1 else np.zeros(num_relevant, np.int64)
             drawn = np.empty(num_relevant, np.int64)
             for g, members in enumerate(self.relevant_groups):
                 picks = group == g
@@ -139,10 +140,9 @@ class MixtureSampler(Sampler):
         groups, a relevant draw takes window w with probability `sum over the groups g holding w of 1 / (G K_g)`.
         """
         p = self.relevant_fraction if len(self.relevant_indices) else 0.0
-        groups = self.relevant_groups if self.relevant_groups is not None else [self.relevant_indices]
         relevant_probability = np.zeros(self.num_windows)
-        for members in (g for g in groups if len(g)):
-            relevant_probability[members] += 1.0 / (len(groups) * len(members))
+        for members in self.relevant_groups:
+            relevant_probability[members] += 1.0 / (len(self.relevant_groups) * len(members))
         return (1.0 / ((1.0 - p) + p * self.num_windows * relevant_probability)).astype(np.float32)
 
     def set_epoch(self, epoch: int) -> None:
@@ -175,7 +175,7 @@ class MixtureSampler(Sampler):
             "relevant_fraction": self.relevant_fraction,
             "num_windows": self.num_windows,
             "num_relevant": len(self.relevant_indices),
-            "relevant_groups": 0 if self.relevant_groups is None else len(self.relevant_groups),
+            "relevant_groups": len(self.relevant_groups),
             "position": self.position if position is None else int(position),
         }
 
@@ -189,10 +189,9 @@ class MixtureSampler(Sampler):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()`; the next iteration continues the same epoch at `position`."""
-        groups = 0 if self.relevant_groups is None else len(self.relevant_groups)
-        if state.get("relevant_groups", 0) != groups:
-            raise ValueError(f"sampler state draws relevant windows from {state.get('relevant_groups', 0)} group(s), "
-                             f"this sampler from {groups}: a different relevant_balance")
+        if state.get("relevant_groups", len(self.relevant_groups)) != len(self.relevant_groups):
+            raise ValueError(f"sampler state draws relevant windows from {state['relevant_groups']} group(s), "
+                             f"this sampler from {len(self.relevant_groups)}: a different relevant_balance")
         if state["num_windows"] != self.num_windows or state["num_relevant"] != len(self.relevant_indices):
             raise ValueError(
                 f"sampler state is for {state['num_windows']} windows ({state['num_relevant']} relevant), "

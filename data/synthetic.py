@@ -614,20 +614,26 @@ class PolicyEvaluation:
 
     def summary(self) -> dict[str, float]:
         """Means over episodes, and the mean and standard error of the paired difference to the scripted player."""
-        difference = self.returns - self.scripted_returns
-        count = len(difference)
+        difference, stderr = paired_difference(self.returns, self.scripted_returns)
         return {
-            "episodes": count,
+            "episodes": len(self.returns),
             "return": float(self.returns.mean()),
             "scripted_return": float(self.scripted_returns.mean()),
-            "paired_difference": float(difference.mean()),
-            "paired_difference_stderr": float(difference.std(ddof=1) / math.sqrt(count)) if count > 1 else math.nan,
+            "paired_difference": difference,
+            "paired_difference_stderr": math.nan if stderr is None else stderr,
             "gold": float(self.gold.mean()),
             "scripted_gold": float(self.scripted_gold.mean()),
             "deaths": float(self.deaths.mean()),
             "scripted_deaths": float(self.scripted_deaths.mean()),
             "movement_agreement": float(self.movement_agreement.mean()),
         }
+
+
+def paired_difference(after: Sequence[float] | np.ndarray, before: Sequence[float] | np.ndarray) -> tuple[float, float | None]:
+    """Mean and standard error of `after - before` over paired episodes (None with a single pair)."""
+    difference = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    stderr = float(difference.std(ddof=1) / math.sqrt(len(difference))) if len(difference) > 1 else None
+    return float(difference.mean()), stderr
 
 
 def _as_action(value: Any, spec: dict[str, Any]) -> int | bool:

@@ -100,8 +100,9 @@ class MTPLoss:
     per_offset_accuracy: policy only, component name -> ``(L+1,)`` accuracy (argmax for
         categorical, ``logit > 0`` for binary); 0 where an offset had no valid target.
     num_clamped: reward only, int64 scalar: valid targets outside the twohot range.
-    per_component_loss: policy only, component name -> scalar with gradient: that component's NLL reduced
-        over targets and offsets as ``loss`` is (``loss`` is their sum), for normalising components apart.
+    per_component_loss: policy with ``per_component=True`` only, component name -> scalar with gradient:
+        that component's NLL reduced over targets and offsets as ``loss`` is (``loss`` is their sum), for
+        normalising components apart.
     """
 
     loss: torch.Tensor
@@ -216,6 +217,7 @@ def mtp_policy_loss(
     valid: torch.Tensor,
     action_space: Mapping[str, Mapping],
     first_offset_weight: float | None = None,
+    per_component: bool = False,
 ) -> MTPLoss:
     """MTP behaviour-cloning loss of a factorised policy: ``h_t`` predicts ``actions[t + n]``.
 
@@ -223,7 +225,8 @@ def mtp_policy_loss(
     actions: name -> ``(B, T)`` (int class for categorical, bool/0-1 for binary);
     valid: ``(B, T)`` bool, True where ``actions[t]`` is labeled and the example takes part in BC;
     action_space: ordered name -> ``{"type": "categorical", "n": int}`` or ``{"type": "binary"}``;
-    first_offset_weight: see :func:`mtp_offset_weights`.
+    first_offset_weight: see :func:`mtp_offset_weights`; per_component: also reduce each component's NLL
+    on its own (``MTPLoss.per_component_loss``).
     The loss of one target is the sum over components of their negative log-likelihoods
     (categorical cross entropy, binary logistic loss), i.e. the joint NLL of the factorised policy.
     """
@@ -261,15 +264,17 @@ def mtp_policy_loss(
         else:
             raise ValueError(f"objectives.mtp_policy_loss: unknown action type {spec['type']!r} for '{name}'")
         frame_loss = nll if frame_loss is None else frame_loss + nll
-        component_nll[name] = nll
+        if per_component:
+            component_nll[name] = nll
     if frame_loss is None or mask is None:
         raise ValueError("objectives.mtp_policy_loss: the action space is empty")
     loss, per_offset, count = _reduce_offsets(frame_loss, mask, first_offset_weight)
     accuracy = {
         name: (hit & mask).sum(dim=(0, 1)).float() / count.clamp_min(1) for name, hit in correct.items()
     }
-    per_component = {name: _reduce_offsets(nll, mask, first_offset_weight)[0] for name, nll in component_nll.items()}
-    return MTPLoss(loss, per_offset, count, per_offset_accuracy=accuracy, per_component_loss=per_component)
+    components = ({name: _reduce_offsets(nll, mask, first_offset_weight)[0] for name, nll in component_nll.items()}
+                  if per_component else None)
+    return MTPLoss(loss, per_offset, count, per_offset_accuracy=accuracy, per_component_loss=components)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from demo_evaluation import generation_error, paired_difference, play
+from data.synthetic import paired_difference
+from demo_evaluation import generation_error, play
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -83,10 +83,3 @@ def play(model_dir: Path, episodes: int = 24, frames: int = 300, seed: int = 0, 
                              latent_shape=shape, batched=True)
     return {**result.summary(), "returns": result.returns.tolist(), "gold_per_episode": result.gold.tolist(),
             "deaths_per_episode": result.deaths.tolist()}
-
-
-def paired_difference(after: list[float], before: list[float]) -> tuple[float, float | None]:
-    """Mean and standard error of `after - before` over paired episodes (None with a single pair)."""
-    difference = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
-    stderr = float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else None
-    return float(difference.mean()), stderr

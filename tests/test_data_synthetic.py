@@ -327,3 +327,13 @@ def test_linear_probe_predicts_rewards_and_movement(synthetic):
     accuracy = (move_probe.predict(x_test) == move_test).mean()
     majority = np.bincount(move_test).max() / len(move_test)
     assert accuracy >= 2 * majority, (accuracy, majority)
+
+
+def test_paired_difference_mean_and_standard_error() -> None:
+    from data.synthetic import paired_difference
+
+    # Differences 2, 3, 0: mean 5/3; sample variance ((1/3)^2 + (4/3)^2 + (5/3)^2) / 2 = 7/3; s.e. sqrt(7/9).
+    mean, stderr = paired_difference([3.0, 5.0, 4.0], [1.0, 2.0, 4.0])
+    assert mean == pytest.approx(5 / 3)
+    assert stderr == pytest.approx((7 / 9) ** 0.5)
+    assert paired_difference([1.0], [0.5]) == (0.5, None)

@@ -249,10 +249,11 @@ class AgentStage(DynamicsStage):
         space = self.model_config.action_space
         valid = batch["has_action"] & routed(batch["source"], self.agent_args.bc_loss_sources, batch["has_action"].shape[1])
         actions = {name: batch[name] for name in space}
+        per_component = self.agent_args.bc_normalization == "component"
         policy = mtp_policy_loss({k: v.float() for k, v in out.policy_logits.items()}, actions, valid, space,
-                                 first_offset_weight=self.agent_args.mtp_first_offset_weight)
+                                 first_offset_weight=self.agent_args.mtp_first_offset_weight, per_component=per_component)
         logs = {f"bc_loss/offset_{n}": v for n, v in enumerate(offset_values(policy))}
-        if self.agent_args.bc_normalization == "component":
+        if per_component:
             losses = {f"bc/{name}": loss for name, loss in policy.per_component_loss.items()}
         else:
             losses = {"bc": policy.loss}
