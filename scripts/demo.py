@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from data.synthetic import paired_difference
+from training.stages.agent import PROBE_NOISE_DRAWS
 from demo_evaluation import generation_error, play
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,7 +306,9 @@ def report(summary: dict, setup: dict, bc: dict) -> str:
         f"- reward event AUC (offset 0): **{summary['reward_auc']:.3f}** (target >= 0.9); average precision "
         f"{summary['reward_ap']:.3f} (a random score gets the event rate, {summary['reward_event_rate']:.4f})",
         f"- the baseline, a linear probe on the current and previous latents: AUC "
-        f"{number(probe.get('reward_auc'))}, average precision {number(probe.get('reward_ap'))}",
+        f"{number(probe.get('reward_auc'))}, average precision {number(probe.get('reward_ap'))} (AUC over "
+        f"{PROBE_NOISE_DRAWS} other draws of the observation noise: {number(probe.get('reward_auc_draws_mean'))} "
+        f"+- {number(probe.get('reward_auc_draws_std'))})",
         "- per offset n = 0..L, AUC: " + ", ".join(number(v, 2) for v in summary["reward_auc_per_offset"])
         + "; average precision: " + ", ".join(number(v, 2) for v in summary["reward_ap_per_offset"]),
         f"- reward MAE (offset 0): {summary['reward_mae']:.3f}; twohot targets clamped: "

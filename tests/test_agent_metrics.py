@@ -143,3 +143,28 @@ def test_probe_baseline_finds_frame_to_frame_jumps_and_reports_undefined_compone
     assert s["probe/reward_auc_negative"] == pytest.approx(expected)
     assert m["probe/bc_top1/move"] > 0.95
     assert math.isnan(m["probe/bc_auc/never"]) and math.isnan(m["probe/bc_ap/never"])
+
+
+def test_probe_reward_auc_over_noise_draws() -> None:
+    """The probe's AUC on fresh observations of the same frames: at signal level 1 every draw is the clean AUC
+    (hand-computed); with noise the draws differ and stay in [0, 1]; no probe gives NaN."""
+    from training.metrics import LinearProbe, frame_pair_features
+    from training.probe_baseline import reward_auc_over_draws
+
+    # 1 window of 4 frames, 1 channel, 1 x 1: the probe's score is the current value (weight on z_t only).
+    clean = np.array([0.0, 3.0, 1.0, 2.0], dtype=np.float32).reshape(1, 4, 1, 1, 1)
+    reward = np.array([[0.0, 1.0, 0.0, 0.5]])  # events at frames 1 (score 3) and 3 (score 2)
+    mask = np.array([[True, True, True, True]])
+    probe = LinearProbe(mean=np.zeros(2), scale=np.ones(2), weight=np.array([[1.0], [0.0]]), bias=np.zeros(1))
+    assert frame_pair_features(clean).shape == (1, 4, 2)
+    exact = reward_auc_over_draws(probe, clean, reward, mask, level=1.0, pool=1, draws=3, seed=0)
+    assert np.all(exact == 1.0)  # both events above both other frames
+    reward_swapped = np.array([[1.0, 0.0, 0.5, 0.0]])  # events at scores 0 and 1, others 3 and 2: AUC 0
+    assert np.all(reward_auc_over_draws(probe, clean, reward_swapped, mask, 1.0, 1, 2, 0) == 0.0)
+    assert np.isnan(reward_auc_over_draws(None, clean, reward, mask, 0.5, 1, 2, 0)).all()
+
+    rng = np.random.default_rng(0)
+    many = rng.normal(size=(1, 400, 1, 1, 1)).astype(np.float32)
+    events = (np.arange(400) % 7 == 0)[None].astype(np.float64)
+    noisy = reward_auc_over_draws(probe, many, events, np.ones((1, 400), bool), 0.5, 1, 4, 0)
+    assert len(set(noisy.round(6))) > 1 and np.all((noisy >= 0) & (noisy <= 1))

@@ -128,6 +128,35 @@ def test_resume_continues_bitwise(run_training, tmp_path: Path) -> None:
     assert not same_tensors(start, load_file(str(straight / "final" / "model.safetensors")))
 
 
+def test_weight_average_is_the_final_model_and_resumes_bitwise(run_training, tmp_path: Path) -> None:
+    """With `weight_average_start 0.5` over 4 steps, the final model is the mean of the live weights after steps
+    3 and 4 (the checkpoints keep the live weights), and a resume from step 3 ends bitwise where the straight
+    run ends."""
+    common = ("--stage", "agent", "--max_steps", "4", "--save_steps", "1", "--eval_steps", "0",
+              "--weight_average_start", "0.5")
+    straight = tmp_path / "straight"
+    run_training(straight, *common)
+    live3 = load_file(str(straight / "checkpoint-3" / "model.safetensors"))
+    live4 = load_file(str(straight / "checkpoint-4" / "model.safetensors"))
+    final = load_file(str(straight / "final" / "model.safetensors"))
+    shared = sorted(set(final) & set(live3))
+    assert len(shared) > 10
+    moved = [k for k in shared if not torch.equal(live3[k], live4[k])]
+    assert moved  # the last step changed weights, so the mean differs from either end
+    for key in shared:
+        assert torch.allclose(final[key], (live3[key] + live4[key]) / 2, atol=1e-6), key
+    assert not any(torch.equal(final[k], live4[k]) for k in moved)
+    assert int(load_file(str(straight / "checkpoint-4" / "weight_average.safetensors"))["count"]) == 2
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    run_training(resumed, *common, "--resume_from_checkpoint", "latest")
+    assert same_tensors(final, load_file(str(resumed / "final" / "model.safetensors")))
+    assert same_tensors(load_file(str(straight / "checkpoint-4" / "weight_average.safetensors")),
+                        load_file(str(resumed / "checkpoint-4" / "weight_average.safetensors")))
+
+
 def optimizer_moments(checkpoint: Path) -> dict[int, torch.Tensor]:
     return {i: s["exp_avg"] for i, s in torch.load(checkpoint / "optimizer.bin", weights_only=False)["state"].items()}
 
@@ -266,15 +295,32 @@ def test_agent_losses_weigh_offset_zero_and_reward_windows_as_configured(make_st
     assert abs(loss.item() - unweighted.loss.item()) > 1e-4  # the options change the loss
 
 
+def test_reward_loss_weight_scales_the_normalised_reward_term(make_stage) -> None:
+    """`reward_loss_weight 3`: the loop's sum of RMS-normalised terms counts the reward term three times. A fresh
+    normaliser's first estimate is the loss itself, so every present term normalises to exactly 1."""
+    from modeling_dreamer.objectives import LossNormalizer
+    from training.loop import normalize_losses
+
+    stage, _ = make_stage(AgentStage, "--reward_loss_weight", "3")
+    assert stage.loss_weights() == {"reward": 3.0}
+    losses = {"dynamics": torch.tensor(0.02), "reward": torch.tensor(0.9), "bc": torch.tensor(2.5)}
+    counts = {name: torch.tensor(5) for name in losses}
+    total, _ = normalize_losses(LossNormalizer(stage.loss_terms), losses, counts, stage.loss_weights())
+    assert total.item() == pytest.approx(1.0 + 3.0 + 1.0)
+    default, _ = make_stage(AgentStage)
+    total, _ = normalize_losses(LossNormalizer(default.loss_terms), losses, counts, default.loss_weights())
+    assert total.item() == pytest.approx(3.0)
+
+
 def test_bc_components_normalised_apart_share_one_unit_of_weight(make_stage) -> None:
     """`bc_normalization: component`: one loss term per action component (each with its own running RMS in
     the loop), weighted 1 / (number of components); their raw sum is the joint NLL of the default."""
     joint_stage, model = make_stage(AgentStage)
     stage, _ = make_stage(AgentStage, "--bc_normalization", "component")
     space = model.config.action_space
-    assert joint_stage.loss_terms == ("dynamics", "reward", "bc") and joint_stage.loss_weights() == {}
+    assert joint_stage.loss_terms == ("dynamics", "reward", "bc") and joint_stage.loss_weights() == {"reward": 1.0}
     assert stage.loss_terms == ("dynamics", "reward", *(f"bc/{name}" for name in space))
-    assert stage.loss_weights() == {f"bc/{name}": pytest.approx(1.0 / len(space)) for name in space}
+    assert stage.loss_weights() == {"reward": 1.0, **{f"bc/{name}": pytest.approx(1.0 / len(space)) for name in space}}
     batch = random_batch(model, 2, 5, sources=[1, 1])
     joint = joint_stage.compute_losses(model, batch, torch.Generator().manual_seed(0), model)
     split = stage.compute_losses(model, batch, torch.Generator().manual_seed(0), model)

@@ -217,6 +217,8 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         parse_arguments(["--dataset_path", "x", "--stage", "dynamics", "--bc_loss_sources", "uniform"], STAGES)
     with pytest.raises(ValueError, match="model_overrides is not valid JSON"):
         parse_arguments(["--dataset_path", "x", "--model_overrides", "{hidden: 3"], STAGES).model.overrides()
+    with pytest.raises(ValueError, match="weight_average_start must be in"):
+        parse_arguments(["--dataset_path", "x", "--weight_average_start", "1.0"], STAGES)
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")))
@@ -227,3 +229,51 @@ def test_every_shipped_recipe_parses(recipe: str) -> None:
     path = Path(__file__).resolve().parents[1] / "recipes" / recipe
     args = parse_arguments(["--config", str(path)], STAGES)
     assert args.training.stage in STAGES and args.data.dataset_path
+
+
+# ---- weight averaging (weight_average_start) ----
+
+def test_weight_average_is_the_mean_of_the_weights_from_its_start_step(tmp_path: Path) -> None:
+    from training.weight_average import WeightAverage
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    model[1].bias.requires_grad_(False)  # frozen: left out of the average and never overwritten
+    frozen = model[1].bias.detach().clone()
+    average = WeightAverage(model, start_step=2)
+    for step, value in enumerate([1.0, 4.0, 2.5, -0.5], start=1):
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.fill_(value)
+        average.update(step)
+    expected = (4.0 + 2.5 - 0.5) / 3  # steps 2, 3 and 4
+    assert average.count == 3
+    with average.swapped_in():
+        assert torch.allclose(model[0].weight, torch.full((2, 2), expected))
+        assert torch.equal(model[1].bias, frozen)
+    assert torch.all(model[0].weight == -0.5)  # the live weights are back, exactly
+
+    average.save_file(tmp_path / "average.safetensors")
+    restored = WeightAverage(model, start_step=2)
+    restored.load_file(tmp_path / "average.safetensors")
+    assert restored.count == 3
+    assert all(torch.equal(restored.average[k], average.average[k]) for k in average.average)
+    restored.copy_to_model()
+    assert torch.allclose(model[0].bias, torch.full((2,), expected))
+
+    other = WeightAverage(nn.Linear(3, 1), start_step=1)
+    with pytest.raises(ValueError, match="trainable parameters"):
+        other.load_file(tmp_path / "average.safetensors")
+
+
+def test_an_empty_weight_average_leaves_the_model_alone() -> None:
+    from training.weight_average import WeightAverage
+
+    model = nn.Linear(2, 2)
+    before = model.weight.detach().clone()
+    average = WeightAverage(model, start_step=5)
+    average.update(4)  # before the start: not counted
+    with average.swapped_in():
+        assert torch.equal(model.weight, before)
+    average.copy_to_model()
+    assert torch.equal(model.weight, before) and average.count == 0

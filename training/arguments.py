@@ -114,6 +114,12 @@ class DreamerTrainingArguments:
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 disables it."})
     rms_decay: float = field(default=0.99, metadata={"help": "EMA decay of the running-RMS loss normalisers."})
+    weight_average_start: float | None = field(
+        default=None,
+        metadata={"help": "Average the weights of every optimiser step after this fraction of the run (uniformly, "
+                  "stochastic weight averaging); evaluation and the final model use the average. None: off "
+                  "(docs/training.md)."},
+    )
     mixed_precision: str = field(default="auto", metadata={"help": "auto | no | bf16 | fp16 (auto: by device)."})
     torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (Inductor)."})
     logging_steps: int = 10
@@ -145,6 +151,8 @@ class DreamerTrainingArguments:
         if self.lr_scheduler_type == "constant" and self.warmup_steps > 0:
             # transformers' `constant` schedule has no warm-up and would silently drop it.
             raise ValueError("lr_scheduler_type=constant ignores warmup_steps; use constant_with_warmup")
+        if self.weight_average_start is not None and not 0.0 <= self.weight_average_start < 1.0:
+            raise ValueError(f"weight_average_start must be in [0, 1) or None, got {self.weight_average_start}")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "logging_steps"):
             if getattr(self, name) < 1:

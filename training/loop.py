@@ -10,6 +10,7 @@ See docs/training.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from training.checkpointing import (
 from training.optim import build_param_groups, build_scheduler, choose_mixed_precision
 from training.reporting import MetricsLog, dump_rank_state, write_model_card
 from training.stages.base import Stage
+from training.weight_average import WEIGHT_AVERAGE_FILE, WeightAverage
 
 
 def train(stage: Stage, args: RunArguments) -> dict[str, float]:
@@ -99,12 +101,16 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
     scheduler = build_scheduler(optimizer, t.lr_scheduler_type, t.warmup_steps, total_steps, t.scheduler_kwargs())
     normalizer = LossNormalizer(stage.loss_terms, decay=t.rms_decay)
     loss_weights = stage.loss_weights()
-    register_rms_state(accelerator, normalizer)
+    register_state_file(accelerator, normalizer, RMS_STATE_FILE)
 
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, data.train_loader, scheduler)
     eval_loader = accelerator.prepare(data.eval_loader) if data.eval_loader is not None else None
     normalizer.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(model)
+    average = None
+    if t.weight_average_start is not None:
+        average = WeightAverage(unwrapped, start_step=math.floor(t.weight_average_start * total_steps) + 1)
+        register_state_file(accelerator, average, WEIGHT_AVERAGE_FILE)
 
     # ---- Resume ----
     state = TrainerState(stage=stage.name, world_size=accelerator.num_processes, global_batch_size=global_batch(t, accelerator),
@@ -150,11 +156,16 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
             prune_checkpoints(output_dir, t.save_total_limit)
         accelerator.wait_for_everyone()
 
+    def averaged_weights() -> Any:
+        """The model with the weight average swapped in (`weight_average_start`), else as it is."""
+        return average.swapped_in() if average is not None else contextlib.nullcontext()
+
     def evaluate(save_predictions: bool = False) -> dict[str, float]:
         if eval_loader is None:
             return {}
         model.eval()
-        result = stage.evaluate(model, eval_loader, accelerator, seed=t.seed)
+        with averaged_weights():
+            result = stage.evaluate(model, eval_loader, accelerator, seed=t.seed)
         model.train()
         if save_predictions and accelerator.is_main_process:
             np.savez_compressed(output_dir / "eval_predictions.npz", **{k.replace("/", "__"): v for k, v in result.arrays.items()})
@@ -204,6 +215,8 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
             # ---- one optimiser step done ----
             scheduler.step()
             state.global_step += 1
+            if average is not None:
+                average.update(state.global_step)
             micro = 0
             progress.update(1)
             if state.global_step == 1:
@@ -231,6 +244,8 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
     # ---- Final: checkpoint, evaluation, model, card ----
     if t.save_steps >= 0 and not (output_dir / f"checkpoint-{state.global_step}").exists():
         save_checkpoint()
+    if average is not None:
+        average.copy_to_model()  # the checkpoint keeps the live weights; the final model is the average
     final_metrics = evaluate(save_predictions=True)
     if final_metrics:
         log({"step": state.global_step, "final": True, **final_metrics})
@@ -383,19 +398,20 @@ def load_data(args: RunArguments, world_size: int) -> RunData:
 # ------------------------------------------------------------------------------------------------
 
 
-def register_rms_state(accelerator: Any, normalizer: Any) -> None:
-    """Save and load the loss normalisers with every Accelerate checkpoint, as safetensors.
+def register_state_file(accelerator: Any, holder: Any, file_name: str) -> None:
+    """Save and load `holder` (the loss normalisers, the weight average: anything with `save_file(path)` and
+    `load_file(path)`) with every Accelerate checkpoint, as the safetensors file `file_name`.
 
     Accelerate's `register_for_checkpointing` would pickle them; its state hooks let us write the format
-    we document. The normalisers are identical on every process (their updates are all-reduced), so the main
-    process writes them and every process reads them."""
+    we document. Both are identical on every process (the normalisers' updates are all-reduced, the weights
+    are the same), so the main process writes the file and every process reads it."""
 
     def save(models: list, weights: list, output_dir: str) -> None:
         if accelerator.is_main_process:
-            normalizer.save_file(Path(output_dir) / RMS_STATE_FILE)
+            holder.save_file(Path(output_dir) / file_name)
 
     def load(models: list, input_dir: str) -> None:
-        normalizer.load_file(Path(input_dir) / RMS_STATE_FILE)
+        holder.load_file(Path(input_dir) / file_name)
 
     accelerator.register_save_state_pre_hook(save)
     accelerator.register_load_state_pre_hook(load)

@@ -58,6 +58,32 @@ def observe(latents: torch.Tensor, level: float, generator: torch.Generator) -> 
     return add_noise(z, torch.full(z.shape[:2], level, device=z.device), noise)
 
 
+def reward_auc_over_draws(probe: LinearProbe | None, clean: np.ndarray, reward_true: np.ndarray,
+                          reward_mask: np.ndarray, level: float, pool: int, draws: int, seed: int) -> np.ndarray:
+    """The reward probe's AUC on `draws` fresh observations of the same held-out frames, `(draws,)`.
+
+    One draw of observation noise moves this probe's AUC by several thousandths on a hundred events (the
+    evaluation's paired figure, `probe/reward_auc`, uses the draw the model saw); the spread over draws says
+    how far a difference to it is noise. `clean`: the frames' clean latents pooled by `pool`, `(B, T, C, h, w)`;
+    the pooled noise is drawn directly (a mean of `pool * pool` standard normals has standard deviation
+    `1 / pool`), which is the pooled full-resolution noise in distribution. reward_true, reward_mask: `(B, T)`.
+    """
+    from modeling_dreamer.objectives import add_noise
+
+    if probe is None:
+        return np.full(draws, np.nan)
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.from_numpy(np.asarray(clean, dtype=np.float32))
+    level_map = torch.full(z.shape[:2], level)
+    mask = np.asarray(reward_mask, dtype=bool).reshape(-1)
+    events = (np.asarray(reward_true).reshape(-1) != 0)[mask]
+    aucs = []
+    for _ in range(draws):
+        observed = add_noise(z, level_map, torch.randn(z.shape, generator=generator) / pool)
+        aucs.append(probe_scores(probe, frame_pair_rows(observed.numpy())[mask], events)["auc"])
+    return np.asarray(aucs, dtype=np.float64)
+
+
 @dataclass
 class ProbeBaseline:
     """Probes fitted on training frames: `reward` (events), and one per action component (None where the
