@@ -109,7 +109,10 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
     unwrapped = accelerator.unwrap_model(model)
     average = None
     if t.weight_average_start is not None:
-        average = WeightAverage(unwrapped, start_step=math.floor(t.weight_average_start * total_steps) + 1)
+        try:
+            average = WeightAverage(unwrapped, start_step=math.floor(t.weight_average_start * total_steps) + 1)
+        except ValueError as error:
+            raise RunError(f"weight_average_start: {error}") from None
         register_state_file(accelerator, average, WEIGHT_AVERAGE_FILE)
 
     # ---- Resume ----
