@@ -49,12 +49,16 @@ def frame_pair_rows(latents: np.ndarray) -> np.ndarray:
     return frame_pair_features(latents).reshape(-1, 2 * int(np.prod(latents.shape[2:])))
 
 
-def observe(latents: torch.Tensor, level: float, generator: torch.Generator) -> torch.Tensor:
-    """Clean `(B, T, C, H, W)` latents as the agent observes them: at signal `level`, fresh noise."""
+def observe(latents: torch.Tensor, level: float, generator: torch.Generator, pool: int = 1) -> torch.Tensor:
+    """Clean `(B, T, C, H, W)` latents as the agent observes them: at signal `level`, fresh noise. With
+    `pool > 1` the latents are already pooled by that factor, and so is the noise: a mean of `pool * pool`
+    standard normals, drawn directly with standard deviation `1 / pool` (the same distribution)."""
     from modeling_dreamer.objectives import add_noise
 
     z = latents.float()
     noise = torch.randn(z.shape, generator=generator, device=z.device)
+    if pool > 1:
+        noise = noise / pool
     return add_noise(z, torch.full(z.shape[:2], level, device=z.device), noise)
 
 
@@ -64,22 +68,18 @@ def reward_auc_over_draws(probe: LinearProbe | None, clean: np.ndarray, reward_t
 
     One draw of observation noise moves this probe's AUC by several thousandths on a hundred events (the
     evaluation's paired figure, `probe/reward_auc`, uses the draw the model saw); the spread over draws says
-    how far a difference to it is noise. `clean`: the frames' clean latents pooled by `pool`, `(B, T, C, h, w)`;
-    the pooled noise is drawn directly (a mean of `pool * pool` standard normals has standard deviation
-    `1 / pool`), which is the pooled full-resolution noise in distribution. reward_true, reward_mask: `(B, T)`.
+    how far a difference to it is noise. `clean`: the frames' clean latents pooled by `pool`, `(B, T, C, h, w)`
+    (observed with pooled noise, `observe`). reward_true, reward_mask: `(B, T)`.
     """
-    from modeling_dreamer.objectives import add_noise
-
     if probe is None:
         return np.full(draws, np.nan)
     generator = torch.Generator().manual_seed(seed)
     z = torch.from_numpy(np.asarray(clean, dtype=np.float32))
-    level_map = torch.full(z.shape[:2], level)
     mask = np.asarray(reward_mask, dtype=bool).reshape(-1)
     events = (np.asarray(reward_true).reshape(-1) != 0)[mask]
     aucs = []
     for _ in range(draws):
-        observed = add_noise(z, level_map, torch.randn(z.shape, generator=generator) / pool)
+        observed = observe(z, level, generator, pool=pool)
         aucs.append(probe_scores(probe, frame_pair_rows(observed.numpy())[mask], events)["auc"])
     return np.asarray(aucs, dtype=np.float64)
 
