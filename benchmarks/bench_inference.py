@@ -12,7 +12,8 @@ recomputing the whole context window every frame (same run, same model).
   difference between a rollout of `--horizon` frames and one of 1 frame from the same context.
 
 Precision: fp32 on CPU, bf16 weights on CUDA (inference needs no fp32 master copy). Random weights: speed does
-not depend on what the model learned. Prints one JSON line.
+not depend on what the model learned. Prints one JSON line, with the process's peak resident memory
+(`peak_rss_mb`) and, on CUDA, the peak allocated device memory.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--attn-implementation", default=None, help="default: the model's choice per device")
     return parser.parse_args()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -96,7 +104,7 @@ def main() -> None:
         for batch in args.rollout_batch:
             context = torch.randn(batch, args.context, c, h, w, device=device, dtype=dtype)
             generator = torch.Generator(device=device).manual_seed(0)
-            model.imagine(context, None, 2, args.num_steps, generator=generator)  # warm-up
+            model.imagine(context[:, :2], None, 2, args.num_steps, generator=generator)  # warm-up (a short context)
             sync()
             start = time.perf_counter()
             model.imagine(context, None, args.horizon, args.num_steps, generator=generator)
@@ -112,6 +120,8 @@ def main() -> None:
 
     ms = lambda values, q: round(1000 * percentile(values, q), 2)  # noqa: E731
     print(json.dumps({
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "dtype": str(dtype).removeprefix("torch."), "preset": args.preset,
         "latent_shape": args.latent_shape, "context_frames": args.context, "tokens_per_frame":

@@ -6,8 +6,10 @@ Two inputs per video:
 
 Everything is keyed by frame number, never by array position (code review item 7): a frame's
 reward, death and actions are read from the features entry whose `frame_idx` equals the latent's
-frame number. Rewards and deaths on frames without a latent are carried to the next frame that has
-one, so totals are preserved ("nothing lost", docs/data.md).
+frame number. A reward or death on a frame without a latent is carried to the next frame that has
+one only across a short gap (`carry_events`, at most `max_carry_frames` missing frames); events
+before the first latent frame, after the last one or inside a longer gap are dropped and reported,
+never piled onto one frame ("nothing lost, nothing invented", docs/data.md).
 
 Every value that is read is validated after its cast to the type it is stored in, and every error
 names the file, and the frame and key where there is one ("nothing silently wrong"): numbers must
@@ -37,6 +39,23 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 # (2**31 - 1 in a 4,000-frame video) would otherwise allocate gigabytes; a real pause in a
 # recording keeps its frame numbering, so real jumps are short. 10,000 frames is 8 minutes at 20 fps.
 DEFAULT_MAX_FRAME_GAP = 10_000
+
+# The longest run of frames without a latent that a reward or death event is carried across, to
+# the next latent frame. 3 frames is 150 ms at 20 fps: what follows an event (the gold counter, the
+# death screen) is still on screen, so the next latent still shows it. Across a longer gap the
+# reward would be learned on a frame that does not show its cause (docs/data.md, "carrying and dropping").
+DEFAULT_MAX_CARRY_FRAMES = 3
+
+# A video whose latents leave more than this fraction of its labelled frames outside their span
+# (before the first latent frame or after the last) is refused as a truncated latent pack, unless
+# `allow_truncated_latents`; above TRUNCATION_WARNING_FRACTION (and more than `max_carry_frames`
+# frames) it is a warning. A frame or two at the ends is normal (an encoder that starts late).
+DEFAULT_MAX_UNCOVERED_FRACTION = 0.5
+TRUNCATION_WARNING_FRACTION = 0.01
+
+# Where an event went (`CarriedEvents.fate`).
+ON_FRAME, CARRIED, BEFORE_FIRST, AFTER_LAST, IN_LONG_GAP = 0, 1, 2, 3, 4
+DROP_KINDS = {"before": BEFORE_FIRST, "after": AFTER_LAST, "long_gap": IN_LONG_GAP}
 
 
 class DataError(ValueError):
@@ -78,6 +97,90 @@ class VideoFrames:
     actions: dict[str, np.ndarray]
     has_action: np.ndarray  # (N,) bool
     stats: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CarriedEvents:
+    """Where each event landed (`carry_events`), summed per latent row.
+
+    Per row (N = number of latent frames): `reward (N,)` float64, the sum of the rewards landing on
+    the row; `events (N,)` and `deaths (N,)` int64, how many events and deaths landed there.
+    Per event (E events): `row (E,)` int64, the row it landed on (-1 if dropped); `fate (E,)` int8,
+    ON_FRAME, CARRIED, BEFORE_FIRST, AFTER_LAST or IN_LONG_GAP. `report` sums events, reward and
+    deaths by fate: `{"on_frame": {...}, "carried": {...}, "dropped": {"events", "reward", "deaths",
+    "before": {...}, "after": {...}, "long_gap": {...}}}`, each `{...}` being
+    `{"events": int, "reward": float, "deaths": int}`.
+    """
+
+    reward: np.ndarray
+    events: np.ndarray
+    deaths: np.ndarray
+    row: np.ndarray
+    fate: np.ndarray
+    report: dict
+
+
+def carry_events(
+    event_frames: np.ndarray,
+    event_rewards: np.ndarray,
+    event_deaths: np.ndarray,
+    latent_frames: np.ndarray,
+    max_carry_frames: int = DEFAULT_MAX_CARRY_FRAMES,
+) -> CarriedEvents:
+    """Put reward and death events on the latent frames: the one carrying rule of every importer.
+
+    `event_frames (E,)` int: the frame number of each event (any order); `event_rewards (E,)` float:
+    its reward; `event_deaths (E,)` int or bool: the deaths it holds (0 or 1 for a frame);
+    `latent_frames (N,)` int: the frame numbers that have a latent, strictly ascending, N >= 1.
+
+    An event on a latent frame stays there. An event on a frame without a latent moves to the next
+    latent frame if the run of missing frames it is in (between two latent frames) is at most
+    `max_carry_frames` long; otherwise it is dropped: before the first latent frame, after the last
+    one, or inside a longer gap. Nothing is dropped silently (the report sums each kind) and
+    nothing is piled onto the last frame.
+    """
+    frames = np.asarray(event_frames, np.int64)
+    rewards = np.asarray(event_rewards, np.float64)
+    deaths = np.asarray(event_deaths, np.int64)
+    latent_frames = np.asarray(latent_frames, np.int64)
+    if not (frames.shape == rewards.shape == deaths.shape) or frames.ndim != 1:
+        raise ValueError(f"event arrays must be 1-D of one length, got {frames.shape} {rewards.shape} {deaths.shape}")
+    if latent_frames.ndim != 1 or len(latent_frames) == 0 or (np.diff(latent_frames) <= 0).any():
+        raise ValueError("latent_frames must be a non-empty, strictly ascending 1-D array")
+    if max_carry_frames < 0:
+        raise ValueError(f"max_carry_frames must be >= 0, got {max_carry_frames}")
+    rows = len(latent_frames)
+
+    # The first latent frame at or after each event.
+    next_row = np.searchsorted(latent_frames, frames, side="left")
+    on_frame = (next_row < rows) & (latent_frames[np.minimum(next_row, rows - 1)] == frames)
+    fate = np.full(len(frames), IN_LONG_GAP, np.int8)
+    fate[on_frame] = ON_FRAME
+    fate[~on_frame & (next_row == 0)] = BEFORE_FIRST
+    fate[next_row == rows] = AFTER_LAST
+    inside = ~on_frame & (next_row > 0) & (next_row < rows)
+    # Missing frames between the latent frames around the event.
+    gap = latent_frames[np.minimum(next_row, rows - 1)] - latent_frames[np.maximum(next_row - 1, 0)] - 1
+    fate[inside & (gap <= max_carry_frames)] = CARRIED
+
+    landed = (fate == ON_FRAME) | (fate == CARRIED)
+    row = np.where(landed, next_row, -1)
+    per_row_reward = np.zeros(rows)
+    np.add.at(per_row_reward, row[landed], rewards[landed])
+    per_row_events = np.bincount(row[landed], minlength=rows).astype(np.int64)
+    per_row_deaths = np.bincount(row[landed], weights=deaths[landed], minlength=rows).astype(np.int64)
+
+    def tally(mask: np.ndarray) -> dict:
+        return {"events": int(mask.sum()), "reward": float(rewards[mask].sum()), "deaths": int(deaths[mask].sum())}
+
+    dropped = ~landed
+    report = {
+        "on_frame": tally(fate == ON_FRAME),
+        "carried": tally(fate == CARRIED),
+        "dropped": {**tally(dropped), **{name: tally(fate == code) for name, code in DROP_KINDS.items()}},
+    }
+    return CarriedEvents(per_row_reward, per_row_events, per_row_deaths, row, fate, report)
 
 
 def read_latent_shape(path: str | Path) -> tuple[int, ...] | None:
@@ -163,7 +266,9 @@ def load_packed_latents(path: str | Path, expected_shape: tuple[int, int, int] |
 
     with np.errstate(over="ignore", invalid="ignore"):
         latents = latents.astype(np.float16, copy=False)
-    finite = np.isfinite(latents.reshape(len(latents), -1)).all(axis=1)
+    # Checked in blocks of rows: one bool per value for the whole video would be half its size again.
+    flat = latents.reshape(len(latents), -1)
+    finite = np.concatenate([np.isfinite(flat[start : start + 1024]).all(axis=1) for start in range(0, len(flat), 1024)])
     if not finite.all():
         bad = frame_indices[~finite]
         raise DataError(
@@ -371,12 +476,21 @@ def import_video(
     reward_spec: RewardSpec,
     expected_shape: tuple[int, int, int] | None = None,
     max_frame_gap: int = DEFAULT_MAX_FRAME_GAP,
+    max_carry_frames: int = DEFAULT_MAX_CARRY_FRAMES,
+    max_uncovered_fraction: float = DEFAULT_MAX_UNCOVERED_FRACTION,
+    allow_truncated_latents: bool = False,
 ) -> VideoFrames:
     """Join one video's latents and features by frame number.
 
     Steps: lay the features over the grid of frame numbers `first_frame..last_frame`; detect deaths;
-    compute the reward per frame; carry reward and death events of frames without a latent to the
-    next frame with one (or the last one); read actions where the features entry exists.
+    compute the reward per frame; place reward and death events with `carry_events` (on their
+    frame, carried across a gap of at most `max_carry_frames`, or dropped and reported); read
+    actions where the features entry exists.
+
+    Truncated latent packs: if more than `max_uncovered_fraction` of the labelled frames (features
+    entries) lie outside the span of the latent frames, DataError naming the latents file, unless
+    `allow_truncated_latents`; then, and above TRUNCATION_WARNING_FRACTION, a warning in
+    `VideoFrames.warnings` naming the video and both frame ranges.
 
     Deaths: a frame's dead state is its `is_dead` where the frame has that key, and the health-bar
     rule's state elsewhere; a death is each false -> true transition. So a file with `is_dead` on
@@ -450,22 +564,23 @@ def import_video(
         g = int(np.argmax(bad))
         raise _reward_error(path, first + g, float(reward_grid[g]), "gold_scale * gold_gained + death_penalty * death")
 
-    # Carry: every frame number maps to the next latent row at or after it (the last row if none).
+    # An event is a frame with gold or a death (both on one frame are one event, netted).
     rows = len(frame_index)
-    grid_frames = np.arange(first, last + 1)
-    target_row = np.minimum(np.searchsorted(frame_index, grid_frames, side="left"), rows - 1)
     has_latent = np.zeros(size, bool)
     has_latent[frame_index - first] = True
-    events = (gold != 0) | deaths
-    reward = np.zeros(rows)
-    np.add.at(reward, target_row[events], reward_grid[events])
+    event_grid = np.flatnonzero((gold != 0) | deaths)
+    placed = carry_events(event_grid + first, reward_grid[event_grid], deaths[event_grid], frame_index, max_carry_frames)
+    reward = placed.reward
     bad = ~np.isfinite(reward) | (np.abs(reward) > FLOAT32_MAX)
     if bad.any():
         row = int(np.argmax(bad))
         raise _reward_error(path, int(frame_index[row]), float(reward[row]), "the sum of the rewards carried onto this frame")
-    death_count = np.zeros(rows, np.int64)
-    np.add.at(death_count, target_row[deaths], 1)
-    carried = events & ~has_latent
+    death_count = placed.deaths
+    coverage, warnings = _latent_coverage(
+        video_id, latents_path, features, frame_index, placed.report["dropped"],
+        max_carry_frames, max_uncovered_fraction, allow_truncated_latents,
+    )
+    event_rewards = reward_grid[event_grid]
 
     positions = frame_index - first
     stats = {
@@ -482,11 +597,19 @@ def import_video(
         # Frames whose dead state came from the health bar in a file that has is_dead elsewhere.
         "frames_without_is_dead": int((~is_dead_known).sum()) if uses_is_dead else 0,
         "health_bar_deaths": int(health_bar_deaths.sum()),
-        "carried_events": int(carried.sum()),
-        "carried_reward": float(reward_grid[carried].sum()),
-        "carried_deaths": int((carried & deaths).sum()),
+        "events": len(event_grid),
+        "carried_events": placed.report["carried"]["events"],
+        "carried_reward": placed.report["carried"]["reward"],
+        "carried_deaths": placed.report["carried"]["deaths"],
+        "dropped": placed.report["dropped"],
+        "coverage": coverage,
         "merged_deaths": int(np.maximum(death_count - 1, 0).sum()),
+        # Every reward of the labels, kept (on the rows) or dropped: kept + dropped = this.
         "reward_total": float(reward_grid.sum()),
+        "reward_kept": float(reward.sum()),
+        # The extremes of single events, dropped ones included: the twohot range covers them.
+        "event_reward_min": float(event_rewards.min()) if len(event_rewards) else None,
+        "event_reward_max": float(event_rewards.max()) if len(event_rewards) else None,
         "gold_events": int((gold != 0).sum()),
         "missing_keys": dict(reader.missing),
         "keys_seen": sorted(reader.keys_seen),
@@ -501,7 +624,64 @@ def import_video(
         actions={name: grid[positions] for name, grid in actions_grid.items()},
         has_action=has_entry[positions],
         stats=stats,
+        warnings=warnings,
     )
+
+
+def _latent_coverage(
+    video_id: str,
+    latents_path: Path,
+    features: VideoFeatures,
+    frame_index: np.ndarray,
+    dropped: dict,
+    max_carry_frames: int,
+    max_uncovered_fraction: float,
+    allow_truncated_latents: bool,
+) -> tuple[dict, list[str]]:
+    """How much of a video's labels its latents cover: `(coverage stats, warnings)`.
+
+    `frame_index (N,)`: the latent frame numbers, ascending. Raises DataError naming the latents
+    file when more than `max_uncovered_fraction` of the labelled frames lie before the first or
+    after the last latent frame (a truncated latent pack), unless `allow_truncated_latents`.
+    """
+    labelled = np.fromiter(features.frames, np.int64, len(features.frames))
+    first_latent, last_latent = int(frame_index[0]), int(frame_index[-1])
+    before = int((labelled < first_latent).sum())
+    after = int((labelled > last_latent).sum())
+    fraction = (before + after) / len(labelled)
+    coverage = {
+        "label_frames": len(labelled),
+        "label_range": [features.first_frame, features.last_frame],
+        "latent_frames": len(frame_index),
+        "latent_range": [first_latent, last_latent],
+        "labels_before_latents": before,
+        "labels_after_latents": after,
+        "uncovered_fraction": fraction,
+    }
+    description = (
+        f"its labels ({features.path}) have {len(labelled)} frames ({features.first_frame}..{features.last_frame}) "
+        f"but its latents {len(frame_index)} frames ({first_latent}..{last_latent}): {before + after} labelled "
+        f"frames ({100 * fraction:.1f}%) lie outside the latents' span ({before} before, {after} after)"
+    )
+    lost = (
+        f"{dropped['before']['events'] + dropped['after']['events']} reward/death event(s) there, reward "
+        f"{dropped['before']['reward'] + dropped['after']['reward']:.6g}, "
+        f"{dropped['before']['deaths'] + dropped['after']['deaths']} death(s), are dropped"
+    )
+    if fraction > max_uncovered_fraction and not allow_truncated_latents:
+        raise DataError(
+            f"{latents_path}: truncated latent pack? video '{video_id}': {description}, more than "
+            f"--max-uncovered-fraction {max_uncovered_fraction:g}; {lost} if it is imported. Re-encode the video, "
+            f"or pass --allow-truncated-latents to import it anyway"
+        )
+    warnings = []
+    if before + after > max(max_carry_frames, TRUNCATION_WARNING_FRACTION * len(labelled)):
+        warnings.append(
+            f"video '{video_id}' ({latents_path}) may be a truncated latent pack: {description}; {lost} "
+            f"(report: per_video.{video_id}.dropped)"
+        )
+    coverage["truncated"] = bool(warnings)
+    return coverage, warnings
 
 
 def find_videos(latents_dir: str | Path, features_dir: str | Path) -> tuple[list[str], list[str], list[str]]:

@@ -3,12 +3,14 @@
     python -m data.prepare --latents-dir L --features-dir F --output OUT
 
 One row per frame that has a latent, sorted by (video_id, frame_index); splits `train` and
-`validation` by whole videos (seeded). Each video is turned into an Arrow table and streamed to
-disk, so memory holds one video at a time whatever the dataset's size.
+`validation` by whole videos (seeded). Each video is turned into an Arrow table and written
+straight into its split's final shard file (`SplitWriter`), and nothing is read back, so memory
+holds one video at a time whatever the dataset's size (`benchmarks/bench_prepare.py`).
 
 Nothing is lost or silently wrong: every value read is validated (`data.importers`), every error
 names the file (and the frame and key) and ends the command with `data.prepare: error: ...` and
-status 1, warnings (missing keys, partial `is_dead`, unpaired videos) go to stderr and the report,
+status 1, warnings (missing keys, partial `is_dead`, unpaired videos, dropped reward events,
+truncated latent packs) go to stderr and the report,
 and the output is built beside `--output` and moved into place only when complete
 (`data.staging`), so a failed or killed run leaves the previous dataset (or nothing) in place.
 """
@@ -18,15 +20,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
-import shutil
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from data.importers import DEFAULT_MAX_FRAME_GAP, DataError, VideoFrames, find_videos, import_video, read_latent_shape
+from data.importers import (
+    DEFAULT_MAX_CARRY_FRAMES,
+    DEFAULT_MAX_FRAME_GAP,
+    DEFAULT_MAX_UNCOVERED_FRACTION,
+    DROP_KINDS,
+    DataError,
+    VideoFrames,
+    find_videos,
+    import_video,
+    read_latent_shape,
+)
 from data.schema import (
     REPORT_FILE,
     SCHEMA_FILE,
@@ -41,6 +53,12 @@ from data.staging import StagedDirectory, recover
 
 SPLITS = ("train", "validation")
 logger = logging.getLogger("data.prepare")
+
+# As `datasets.config.MAX_SHARD_SIZE`, the default of `save_to_disk`: a split starts a new shard
+# file once the current one holds this many bytes (after a whole video: videos are never split).
+MAX_SHARD_BYTES = 500 * 10**6
+# Large record batches keep most windows inside one Arrow chunk (each video is one batch up to this).
+WRITER_BATCH_SIZE = 65536
 
 
 def dataset_features(latent_size: int, action_space: dict[str, dict]) -> "datasets.Features":  # noqa: F821
@@ -94,22 +112,148 @@ def split_videos(video_ids: list[str], validation_fraction: float, seed: int) ->
     return {"train": sorted(shuffled[num_validation:]), "validation": sorted(shuffled[:num_validation])}
 
 
-def reward_statistics(rewards: np.ndarray) -> dict:
-    """Summary of per-frame rewards (after carrying) for the report."""
-    nonzero = rewards[rewards != 0]
-    stats = {
-        "total": float(rewards.sum(dtype=np.float64)),
-        "min": float(rewards.min()) if len(rewards) else 0.0,
-        "max": float(rewards.max()) if len(rewards) else 0.0,
-        "mean": float(rewards.mean(dtype=np.float64)) if len(rewards) else 0.0,
-        "nonzero_frames": int(len(nonzero)),
-        "nonzero_fraction": float(len(nonzero) / max(len(rewards), 1)),
-        "positive_frames": int((nonzero > 0).sum()),
-        "negative_frames": int((nonzero < 0).sum()),
-    }
-    if len(nonzero):
-        stats["nonzero_percentiles"] = {f"p{p}": float(np.percentile(nonzero, p)) for p in (5, 50, 95)}
-    return stats
+class RewardTally:
+    """Statistics of the per-frame rewards (after carrying), gathered video by video.
+
+    Keeps sums, extremes and the nonzero rewards only (the percentiles need them; most frames have
+    no reward), not every frame's reward.
+    """
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+        self.nonzero: list[np.ndarray] = []
+
+    def add(self, rewards: np.ndarray) -> None:
+        """Count one video's `(N,)` float32 rewards."""
+        if len(rewards) == 0:
+            return
+        self.frames += len(rewards)
+        self.total += float(rewards.sum(dtype=np.float64))
+        self.min = min(self.min, float(rewards.min()))
+        self.max = max(self.max, float(rewards.max()))
+        self.nonzero.append(rewards[rewards != 0])
+
+    def statistics(self) -> dict:
+        """The report's `reward` block (docs/data.md)."""
+        nonzero = np.concatenate(self.nonzero) if self.nonzero else np.zeros(0, np.float32)
+        stats = {
+            "total": self.total,
+            "min": self.min if self.frames else 0.0,
+            "max": self.max if self.frames else 0.0,
+            "mean": self.total / self.frames if self.frames else 0.0,
+            "nonzero_frames": int(len(nonzero)),
+            "nonzero_fraction": float(len(nonzero) / max(self.frames, 1)),
+            "positive_frames": int((nonzero > 0).sum()),
+            "negative_frames": int((nonzero < 0).sum()),
+        }
+        if len(nonzero):
+            stats["nonzero_percentiles"] = {f"p{p}": float(np.percentile(nonzero, p)) for p in (5, 50, 95)}
+        return stats
+
+
+def reward_range_to_cover(row_stats: dict, per_video: dict[str, dict], death_penalty: float) -> tuple[float, float]:
+    """`(low, high)` raw rewards the twohot range must cover: every reward in the data.
+
+    The per-frame rewards after carrying (`row_stats` min/max), every single event's reward
+    (dropped ones included: a penalty dropped with a truncated pack is still a reward the game
+    gives), and the death penalty on its own whenever a death was found (two events netted onto
+    one frame, gold + death, must not hide it).
+    """
+    low, high = row_stats["min"], row_stats["max"]
+    for stats in per_video.values():
+        if stats["event_reward_min"] is not None:
+            low, high = min(low, stats["event_reward_min"]), max(high, stats["event_reward_max"])
+    if any(stats["deaths"] for stats in per_video.values()):
+        low, high = min(low, death_penalty), max(high, death_penalty)
+    return float(low), float(high)
+
+
+class SplitWriter:
+    """Writes one split of the prepared dataset in place, in the layout `Dataset.save_to_disk` writes.
+
+    Why not `save_to_disk`: it can only copy an existing `Dataset`, so the rows were written twice
+    (to a build file, then by the copy), and the copy reads the whole build file through a memory
+    map whose pages all stay resident in this process, so peak memory grew with the whole dataset
+    (1,062 MB for 590 MB of latents, `benchmarks/bench_prepare.py`). Here each video's table goes
+    straight into its final shard with `datasets.arrow_writer.ArrowWriter` (the writer
+    `save_to_disk` uses for each shard) and nothing is read back. `finish` adds the two small files
+    `save_to_disk` writes beside the shards: `dataset_info.json` (by `DatasetInfo.write_to_directory`)
+    and `state.json` (no public writer exists; the keys `Dataset.load_from_disk` reads), and
+    `prepare` opens the result with `datasets.load_from_disk` and checks it before publishing it.
+    """
+
+    def __init__(self, folder: Path, features: "datasets.Features", max_shard_bytes: int = MAX_SHARD_BYTES):  # noqa: F821
+        self.folder = folder
+        self.features = features
+        self.max_shard_bytes = max_shard_bytes
+        self.shards: list[Path] = []
+        self.rows = 0
+        self._writer = None
+        self._shard_bytes = 0
+        folder.mkdir()
+
+    def write(self, table: "pyarrow.Table") -> None:  # noqa: F821
+        """Append one video's rows (all to the same shard)."""
+        if self._writer is None or self._shard_bytes >= self.max_shard_bytes:
+            self._next_shard()
+        self._writer.write_table(table)
+        self._shard_bytes += table.nbytes
+        self.rows += table.num_rows
+
+    def _next_shard(self) -> None:
+        from datasets.arrow_writer import ArrowWriter
+
+        self._finalize_shard()
+        # Named once the number of shards is known (`finish`); until then a name no reader takes for data.
+        path = self.folder / f"shard-{len(self.shards):05d}.arrow.partial"
+        self.shards.append(path)
+        self._writer = ArrowWriter(features=self.features, path=str(path), writer_batch_size=WRITER_BATCH_SIZE)
+        self._shard_bytes = 0
+
+    def _finalize_shard(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            try:
+                writer.finalize()
+            finally:
+                writer.close()
+
+    def close(self) -> None:
+        """Release the open shard (after an error; the build folder is then discarded)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+
+    def finish(self, info: "datasets.DatasetInfo", split: str) -> None:  # noqa: F821
+        """Close the last shard, give the shards their final names and write the split's metadata."""
+        from datasets.fingerprint import generate_random_fingerprint
+
+        if not self.shards:
+            # An empty split (one video, or no validation) still needs one shard holding the schema:
+            # with zero shards `load_from_disk` fails.
+            self._next_shard()
+        self._finalize_shard()
+        count = len(self.shards)
+        names = [f"data-{index:05d}-of-{count:05d}.arrow" for index in range(count)]
+        for path, name in zip(self.shards, names):
+            path.rename(self.folder / name)
+        self.shards = [self.folder / name for name in names]
+        info.write_to_directory(str(self.folder))
+        state = {
+            "_data_files": [{"filename": name} for name in names],
+            # save_to_disk stores the source's fingerprint (a hash of its build file's path, unique
+            # per run); a random one is as unique. It names the cache files of later `map` calls.
+            "_fingerprint": generate_random_fingerprint(),
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": split,
+        }
+        (self.folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
 
 
 def reference_latent_shape(
@@ -267,18 +411,28 @@ def prepare(
     overwrite: bool = False,
     progress: bool = True,
     max_frame_gap: int = DEFAULT_MAX_FRAME_GAP,
+    max_carry_frames: int = DEFAULT_MAX_CARRY_FRAMES,
+    max_uncovered_fraction: float = DEFAULT_MAX_UNCOVERED_FRACTION,
+    allow_truncated_latents: bool = False,
 ) -> dict:
     """Import every video, write the `DatasetDict`, the schema and the report; return the report.
 
     `latent_shape` declares `(C, H, W)`; without it the shape most videos have is the reference and
-    a video that differs is named. Raises DataError (naming the file, and the frame and key where
-    there is one) on bad input. The output is built beside `output` and moved into place only when
-    complete: on any failure `output` is left exactly as it was (`data.staging`). Warnings (missing
-    keys, partial `is_dead`, unpaired videos) go to the `data.prepare` logger and to the report's
-    `warnings`.
+    a video that differs is named. A reward or death on a frame without a latent is carried to the
+    next latent frame across at most `max_carry_frames` missing frames, else dropped and reported
+    (`data.importers.carry_events`). A video with more than `max_uncovered_fraction` of its
+    labelled frames outside its latents' span (a truncated latent pack) is an error, or with
+    `allow_truncated_latents` a warning. Raises DataError (naming the file, and the frame and key
+    where there is one) on bad input. The output is built beside `output` and moved into place only
+    when complete: on any failure `output` is left exactly as it was (`data.staging`). Warnings
+    (missing keys, partial `is_dead`, unpaired videos, dropped events, truncated packs) go to the
+    `data.prepare` logger and to the report's `warnings`.
+
+    Memory: one video at a time (its latents, a few copies at most), plus small per-video
+    statistics; the rows are written once, straight into the final shards (`SplitWriter`).
     """
-    from datasets import Dataset, DatasetDict, DatasetInfo, NamedSplit
-    from datasets.arrow_writer import ArrowWriter
+    import datasets
+    from datasets import DatasetInfo
     from tqdm.auto import tqdm
 
     explicit_action_space = action_space is not None
@@ -297,6 +451,10 @@ def prepare(
             raise DataError(f"--latent-shape must be three positive integers (C H W), got {latent_shape}")
     if not 0.0 <= validation_fraction < 1.0:
         raise DataError(f"--validation-fraction must be in [0, 1), got {validation_fraction}")
+    if isinstance(max_carry_frames, bool) or not isinstance(max_carry_frames, (int, np.integer)) or max_carry_frames < 0:
+        raise DataError(f"--max-carry-frames must be an integer >= 0, got {max_carry_frames!r}")
+    if not 0.0 <= max_uncovered_fraction <= 1.0:
+        raise DataError(f"--max-uncovered-fraction must be in [0, 1], got {max_uncovered_fraction}")
     latents_dir, features_dir, output = Path(latents_dir), Path(features_dir), Path(output)
 
     warnings: list[str] = []
@@ -326,14 +484,12 @@ def prepare(
     latent_shape = reference_latent_shape(latents_dir, paired, latent_shape)
 
     per_video: dict[str, dict] = {}
-    rewards: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    tally = RewardTally()
     missing_keys: Counter = Counter()
     keys_seen: set[str] = set()
     try:
         with StagedDirectory(output, replace=overwrite) as stage:
-            building = stage.path / ".building"
-            building.mkdir()
-            writers: dict[str, ArrowWriter] = {}
+            writers: dict[str, SplitWriter] = {}
             features = None
             try:
                 for video_id in tqdm(paired, desc="prepare", unit="video", disable=not progress):
@@ -346,25 +502,26 @@ def prepare(
                         reward_spec,
                         latent_shape,
                         max_frame_gap,
+                        max_carry_frames=max_carry_frames,
+                        max_uncovered_fraction=max_uncovered_fraction,
+                        allow_truncated_latents=allow_truncated_latents,
                     )
+                    for message in video.warnings:
+                        warn(message)
                     if features is None:
                         latent_shape = tuple(int(d) for d in video.latents.shape[1:])
                         features = dataset_features(int(np.prod(latent_shape)), action_space)
-                        # writer_batch_size: large record batches keep most windows inside one Arrow chunk.
-                        writers = {
-                            name: ArrowWriter(features=features, path=str(building / f"{name}.arrow"), writer_batch_size=65536)
-                            for name in SPLITS
-                        }
-                    writers[split_of[video_id]].write_table(video_table(video, features))
-                    rewards[split_of[video_id]].append(video.reward)
+                        writers = {name: SplitWriter(stage.path / name, features, MAX_SHARD_BYTES) for name in SPLITS}
+                    writers[split_of[video_id]].write(video_table(video, features))
+                    tally.add(video.reward)
                     keys_seen.update(video.stats.pop("keys_seen"))
                     missing_keys.update(video.stats["missing_keys"])
                     per_video[video_id] = video.stats
-                for writer in writers.values():
-                    writer.finalize()
-            finally:
+                    del video  # its latents go before the next video's are read
+            except BaseException:
                 for writer in writers.values():
                     writer.close()
+                raise
 
             key_warnings, errors = _missing_key_findings(
                 per_video, missing_keys, keys_seen, action_space, action_keys, explicit_action_space, features_dir
@@ -379,10 +536,20 @@ def prepare(
             }
             if mismatches:
                 warn(f"{len(mismatches)} features.json header video_id(s) differ from their folder name: {mismatches}")
+            dropped = _dropped_summary(per_video)
+            if dropped["events"]:
+                warn(
+                    f"{dropped['events']} reward/death event(s) on frames without a latent were dropped, not carried "
+                    f"(reward {dropped['reward']:.6g}, {dropped['deaths']} death(s)): {dropped['before']['events']} before "
+                    f"the first latent frame, {dropped['after']['events']} after the last, {dropped['long_gap']['events']} "
+                    f"inside gaps longer than --max-carry-frames {max_carry_frames}; in {len(dropped['videos'])} "
+                    f"video(s): {dropped['videos'][:5]} (report: dropped, per_video.<id>.dropped)"
+                )
 
-            all_rewards = np.concatenate([r for name in SPLITS for r in rewards[name]])
-            stats = reward_statistics(all_rewards)
-            twohot_range = recommended_twohot_range(stats["min"], stats["max"])
+            stats = tally.statistics()
+            stats["labels_total"] = float(sum(s["reward_total"] for s in per_video.values()))
+            stats["covered_min"], stats["covered_max"] = reward_range_to_cover(stats, per_video, reward_spec.death_penalty)
+            twohot_range = recommended_twohot_range(stats["covered_min"], stats["covered_max"])
             # Unreachable while every reward is checked to fit float32; kept as the last line of defence
             # against a NaN model trained on an infinite range.
             if not (np.isfinite(stats["total"]) and np.isfinite(twohot_range).all()):
@@ -394,32 +561,24 @@ def prepare(
                 action_space=action_space,
                 reward_spec=reward_spec,
                 recommended_twohot_range=twohot_range,
-                reward_min=stats["min"],
-                reward_max=stats["max"],
+                # The covered range, not the rows' extremes: the value range (imagination) is built from it.
+                reward_min=stats["covered_min"],
+                reward_max=stats["covered_max"],
                 action_keys=action_keys,
             )
-            dataset_dict = DatasetDict(
-                {
-                    name: Dataset.from_file(
-                        str(building / f"{name}.arrow"),
-                        info=DatasetInfo(description=schema.to_json(), features=features),
-                        split=NamedSplit(name),
-                    )
-                    for name in SPLITS
-                }
-            )
-            # An empty split (one video, or no validation) must still be written as one (empty) shard:
-            # with zero shards `load_from_disk` fails.
-            empty = {name: 1 for name, split in dataset_dict.items() if len(split) == 0}
-            dataset_dict.save_to_disk(str(stage.path), num_shards=empty or None)
-            del dataset_dict
-            shutil.rmtree(building)
+            for name in SPLITS:
+                writers[name].finish(DatasetInfo(description=schema.to_json(), features=features), name)
+            # What `DatasetDict.save_to_disk` writes at the top (the list of splits).
+            (stage.path / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}))
+            _check_written(stage.path, {name: writers[name].rows for name in SPLITS}, features, datasets)
             (stage.path / SCHEMA_FILE).write_text(schema.to_json())
             report = _report(
                 inputs={"latents_dir": str(latents_dir), "features_dir": str(features_dir)},
                 splits=splits, without_features=without_features, without_latents=without_latents,
-                per_video=per_video, rewards=rewards, reward_stats=stats, missing_keys=missing_keys,
+                per_video=per_video, reward_stats=stats, missing_keys=missing_keys, dropped=dropped,
                 health_bar_fallback=health_bar_fallback, schema=schema, mismatches=mismatches, warnings=warnings,
+                max_carry_frames=max_carry_frames, max_uncovered_fraction=max_uncovered_fraction,
+                allow_truncated_latents=allow_truncated_latents,
             )
             (stage.path / REPORT_FILE).write_text(json.dumps(report, indent=1))
             stage.commit()
@@ -430,6 +589,39 @@ def prepare(
     return report
 
 
+def _check_written(folder: Path, rows: dict[str, int], features: "datasets.Features", datasets) -> None:  # noqa: F821
+    """Open the written folder with `datasets.load_from_disk` (memory-mapped: reads the metadata, not
+    the rows) and check every split's rows and columns, so a layout `datasets` would not read is
+    never published. Raises DataError naming the folder."""
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except Exception as error:  # datasets raises many types here (FileNotFoundError, ArrowInvalid, JSON errors)
+        raise DataError(f"{folder}: the written dataset does not load ({type(error).__name__}: {error})") from error
+    for name, expected in rows.items():
+        split = loaded[name]
+        if len(split) != expected or split.features != features:
+            raise DataError(f"{folder}: split '{name}' reads back {len(split)} rows with {split.features}, wrote {expected}")
+    del loaded
+
+
+def _dropped_summary(per_video: dict[str, dict]) -> dict:
+    """The report's `dropped`: events, reward and deaths dropped in all videos, by where, and the videos."""
+
+    def add(kind: str | None) -> dict:
+        parts = [s["dropped"] if kind is None else s["dropped"][kind] for s in per_video.values()]
+        return {
+            "events": int(sum(p["events"] for p in parts)),
+            "reward": float(sum(p["reward"] for p in parts)),
+            "deaths": int(sum(p["deaths"] for p in parts)),
+        }
+
+    return {
+        **add(None),
+        **{kind: add(kind) for kind in DROP_KINDS},
+        "videos": sorted(video_id for video_id, s in per_video.items() if s["dropped"]["events"]),
+    }
+
+
 def _report(
     *,
     inputs: dict[str, str],
@@ -437,18 +629,24 @@ def _report(
     without_features: list[str],
     without_latents: list[str],
     per_video: dict[str, dict],
-    rewards: dict[str, list[np.ndarray]],
     reward_stats: dict,
     missing_keys: Counter,
+    dropped: dict,
     health_bar_fallback: dict,
     schema: DatasetSchema,
     mismatches: dict[str, str],
     warnings: list[str],
+    max_carry_frames: int,
+    max_uncovered_fraction: float,
+    allow_truncated_latents: bool,
 ) -> dict:
     """`prepare_report.json` (docs/data.md lists its fields)."""
 
     def total(key: str) -> int:
         return int(sum(stats_[key] for stats_ in per_video.values()))
+
+    def frames_of(ids: list[str]) -> int:
+        return int(sum(per_video[video_id]["frames"] for video_id in ids))
 
     return {
         "inputs": inputs,
@@ -456,8 +654,8 @@ def _report(
         "videos_without_features": without_features,
         "videos_without_latents": without_latents,
         "frames": {
-            "total": int(sum(len(r) for name in SPLITS for r in rewards[name])),
-            **{name: int(sum(len(r) for r in rewards[name])) for name in SPLITS},
+            "total": total("frames"),
+            **{name: frames_of(splits[name]) for name in SPLITS},
             "features_entries": total("feature_frames"),
             "without_latent": total("frames_without_latent"),
             "without_features": total("frames_without_features"),
@@ -473,10 +671,17 @@ def _report(
             "health_bar_rule_total": total("health_bar_deaths"),
             "merged_onto_one_frame": total("merged_deaths"),
         },
+        "max_carry_frames": max_carry_frames,
         "carried": {
             "events": total("carried_events"),
             "reward": float(sum(s["carried_reward"] for s in per_video.values())),
             "deaths": total("carried_deaths"),
+        },
+        "dropped": dropped,
+        "truncated_latents": {
+            "videos": sorted(video_id for video_id, s in per_video.items() if s["coverage"]["truncated"]),
+            "max_uncovered_fraction": max_uncovered_fraction,
+            "allowed": allow_truncated_latents,
         },
         "missing_keys": dict(sorted(missing_keys.items())),
         "reward": reward_stats,
@@ -545,6 +750,21 @@ def main(argv: list[str] | None = None) -> int:
         "--max-frame-gap", type=int, default=DEFAULT_MAX_FRAME_GAP,
         help="largest jump between consecutive frame numbers of a video; a larger one is refused as a wrong frame number",
     )
+    parser.add_argument(
+        "--max-carry-frames", type=int, default=DEFAULT_MAX_CARRY_FRAMES,
+        help="a reward or death on a frame without a latent moves to the next latent frame only across a gap of at "
+        "most this many missing frames; events in a longer gap, before the first or after the last latent frame "
+        f"are dropped and reported (default {DEFAULT_MAX_CARRY_FRAMES}, 150 ms at 20 fps)",
+    )
+    parser.add_argument(
+        "--max-uncovered-fraction", type=float, default=DEFAULT_MAX_UNCOVERED_FRACTION,
+        help="a video with more than this fraction of its labelled frames outside its latents' frame span "
+        f"(a truncated latent pack) is an error (default {DEFAULT_MAX_UNCOVERED_FRACTION})",
+    )
+    parser.add_argument(
+        "--allow-truncated-latents", action="store_true",
+        help="import truncated latent packs anyway (a warning; the events outside the latents are dropped and reported)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset (only once the new one is complete)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -554,6 +774,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if args.max_frame_gap < 1:
         parser.error(f"--max-frame-gap must be >= 1, got {args.max_frame_gap}")
+    if args.max_carry_frames < 0:
+        parser.error(f"--max-carry-frames must be >= 0, got {args.max_carry_frames}")
+    if not 0.0 <= args.max_uncovered_fraction <= 1.0:  # also refuses nan
+        parser.error(f"--max-uncovered-fraction must be in [0, 1], got {args.max_uncovered_fraction}")
 
     # prepare() logs its warnings (also in the report); on the command line they go to stderr.
     handler = logging.StreamHandler(sys.stderr)
@@ -574,6 +798,9 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             max_frame_gap=args.max_frame_gap,
+            max_carry_frames=args.max_carry_frames,
+            max_uncovered_fraction=args.max_uncovered_fraction,
+            allow_truncated_latents=args.allow_truncated_latents,
         )
     except DataError as error:
         print(f"data.prepare: error: {error}", file=sys.stderr)
@@ -586,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wrote {args.output}: {report['videos']['total']} videos, {report['frames']['total']} frames, "
         f"{report['deaths']['total']} deaths, {report['carried']['events']} carried events, "
+        f"{report['dropped']['events']} dropped events, "
         f"twohot range {report['recommended_twohot_range']}"
     )
     return 0

@@ -22,6 +22,7 @@ import torch
 from .cache import DreamerCache
 from .distributions import policy_sample, twohot_decode
 from .modeling_dreamer import DreamerAgentModel, DreamerAgentOutput
+from .validation import check_finite, check_positive_int, check_temperature, check_tensor
 
 
 class DreamerAgent:
@@ -48,9 +49,18 @@ class DreamerAgent:
     def reset(self, batch_size: int = 1, task_id: int | torch.Tensor = 0, seed: int | None = None) -> None:
         """Start new episodes: forget every frame. `task_id` is one id for all streams or a `(B,)` tensor;
         `seed` (default: the agent's) seeds the observation noise and the action sampling."""
+        where = "DreamerAgent.reset"
+        batch_size = check_positive_int(batch_size, "batch_size", where)
+        task = torch.as_tensor(task_id, device=self.device)
+        if task.dtype.is_floating_point or task.dtype == torch.bool or task.dim() > 1 or (
+                task.dim() == 1 and task.shape[0] != batch_size):
+            raise ValueError(f"{where}: task_id must be one integer or a (batch_size,) = ({batch_size},) integer tensor, "
+                             f"got {task.dtype} of shape {tuple(task.shape)}")
+        num_tasks = self.model.config.num_tasks
+        if bool(((task < 0) | (task >= num_tasks)).any()):
+            raise ValueError(f"{where}: task_id must lie in [0, num_tasks = {num_tasks}), got {task.tolist()}")
         self.cache = DreamerCache(self.model.config.time_context_length)
-        task = torch.as_tensor(task_id, dtype=torch.long, device=self.device)
-        self.task_ids = task.expand(batch_size).clone() if task.dim() == 0 else task.reshape(batch_size)
+        self.task_ids = task.long().expand(batch_size).clone() if task.dim() == 0 else task.long()
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed if seed is None else seed)
         self.batch_size = batch_size
         self.last = None
@@ -59,12 +69,20 @@ class DreamerAgent:
     def act(self, latents: torch.Tensor, greedy: bool = False, temperature: float = 1.0) -> dict[str, torch.Tensor]:
         """Observe one frame per stream, ``latents (B, C, H, W)``, and return the action taken after it:
         ``{component: (B,)}`` (int64 class for categorical components, bool for binary ones). ``greedy``
-        takes each component's most likely value; otherwise it is sampled at ``temperature``."""
+        takes each component's most likely value; otherwise it is sampled at ``temperature`` > 0.
+
+        Invalid input (wrong type or shape, NaN or inf, a temperature <= 0) raises before anything is
+        committed: the agent's memory is unchanged and the next call can go on."""
         config = self.model.config
+        where = "DreamerAgent.act"
         expected = (self.batch_size, config.latent_channels, config.latent_height, config.latent_width)
+        check_tensor(latents, "latents", where, f"(B, C, H, W) = {expected}")
         if tuple(latents.shape) != expected:
-            raise ValueError(f"DreamerAgent.act: latents must be (B, C, H, W) = {expected} (B from reset), "
+            raise ValueError(f"{where}: latents must be (B, C, H, W) = {expected} (B from reset), "
                              f"got {tuple(latents.shape)}")
+        if not greedy:
+            check_temperature(temperature, where)
+        check_finite(latents, "latents", where)
         frame = latents.to(device=self.device, dtype=self.model.dtype)[:, None]
         self.last = self.model.commit_frames(frame, self.cache, task_ids=self.task_ids, generator=self.generator)
         logits = {name: value[:, -1, 0] for name, value in self.last.policy_logits.items()}

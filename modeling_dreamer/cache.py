@@ -60,9 +60,11 @@ class DreamerCache:
     def store(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Keep a time layer's keys and values of every frame read in a commit pass (cached + new), trimmed
         to the frames the next pass can still read."""
-        keep = self.context_length - 1 if self.context_length is not None else keys.shape[3]
-        self.keys[layer_idx] = keys[:, :, :, keys.shape[3] - keep :] if keep else keys[:, :, :, :0]
-        self.values[layer_idx] = values[:, :, :, values.shape[3] - keep :] if keep else values[:, :, :, :0]
+        held = keys.shape[3]
+        keep = held if self.context_length is None else min(held, self.context_length - 1)
+        # Start at `held - keep` >= 0: a negative start would wrap around and keep only the last frames.
+        self.keys[layer_idx] = keys[:, :, :, held - keep :]
+        self.values[layer_idx] = values[:, :, :, held - keep :]
 
     def advance(self, frames: int, actions: dict[str, torch.Tensor] | None, labeled: torch.Tensor | None) -> None:
         """Count `frames` committed frames and remember the actions taken at the last of them

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .validation import check_temperature
+
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
     """``sign(x) * log(1 + |x|)``, elementwise."""
@@ -124,10 +126,12 @@ def component_sample(
 ) -> torch.Tensor:
     """One action ``(...)`` from one component's ``logits (..., n)``: int64 class (categorical) or bool (binary).
 
-    ``greedy``: the mode (argmax; ``logit > 0`` for binary). Otherwise a sample at ``temperature``
-    (logits divided by it).
+    ``greedy``: the mode (argmax; ``logit > 0`` for binary). Otherwise a sample at ``temperature`` > 0
+    (logits divided by it; ``greedy`` is the zero-temperature limit).
     """
     _check_component(logits, spec, name)
+    if not greedy:
+        check_temperature(temperature, f"policy component {name!r}")
     logits = logits.float()
     if spec["type"] == "categorical":
         if greedy:
@@ -164,6 +168,8 @@ def policy_sample(
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """One action per component ``{name: (...)}``, drawn independently (the policy is their product)."""
+    if not greedy:
+        check_temperature(temperature, "policy_sample")
     return {
         name: component_sample(policy_logits[name], spec, greedy, temperature, generator, name)
         for name, spec in action_space.items()

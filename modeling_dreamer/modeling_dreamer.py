@@ -37,7 +37,15 @@ from .configuration_dreamer import DreamerConfig
 from .distributions import policy_log_prob, policy_sample, twohot_bins, twohot_decode
 from .heads import DreamerPolicyHead, DreamerRewardHead, DreamerValueHead, DreamerZeroLinear
 from .layers import DreamerBlock, DreamerRMSNorm, rotary_tables
-from .validation import check_local_checkpoint, check_model_inputs
+from .validation import (
+    check_generator,
+    check_local_checkpoint,
+    check_model_inputs,
+    check_policy_logits,
+    check_positive_int,
+    check_temperature,
+    check_tensor,
+)
 
 
 @dataclass
@@ -92,6 +100,25 @@ class ImaginationOutput(ModelOutput):
     rewards: torch.Tensor | None = None  # (B, N) decoded reward head, offset 0
     values: torch.Tensor | None = None  # (B, N + 1) decoded value head
     agent_hidden: torch.Tensor | None = None  # (B, N + 1, D)
+
+
+# Frames (over the whole batch) that `DreamerAgentModel.commit_frames` feeds per forward pass. Activation memory
+# grows with the frames of a pass (the space attention's logits dominate: about 5.7 MB per frame at the tiny
+# preset on 32 x 16 x 16 latents), so a long context is committed in chunks of this many frames.
+COMMIT_FRAMES_PER_PASS = 256
+
+
+def _concat_frames(pieces: list[DreamerAgentOutput]) -> DreamerAgentOutput:
+    """Outputs of consecutive chunks of frames -> the outputs of all of them (fields concatenated along T)."""
+    def cat(values: list):
+        if values[0] is None:
+            return None
+        if isinstance(values[0], dict):
+            return {name: torch.cat([v[name] for v in values], dim=1) for name in values[0]}
+        return torch.cat(values, dim=1)
+
+    fields = ("latent_pred", "agent_hidden", "reward_logits", "policy_logits", "value_logits", "prior_policy_logits")
+    return DreamerAgentOutput(**{name: cat([getattr(p, name) for p in pieces]) for name in fields}, cache=pieces[-1].cache)
 
 
 class _DropLoadReport(logging.Filter):
@@ -615,21 +642,40 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         action_mask: torch.Tensor | None = None,
         task_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        frames_per_pass: int = COMMIT_FRAMES_PER_PASS,
     ) -> DreamerAgentOutput:
         """Feed observed (or generated) frames as context, as in training: slightly corrupted to the config's
         context signal level at the finest step, appended to the cache (a new one when None).
 
         latents: ``(B, T, C, H, W)`` clean latents; actions / action_mask: those taken at these frames
-        (``(B, T)``; None where not chosen yet: record them later with ``DreamerCache.record_actions``).
-        Returns the outputs at these frames (agent state and heads) with the cache.
+        (``(B, T)``; None where not chosen yet: record them later with ``DreamerCache.record_actions``);
+        task_ids: ``(B,)`` or ``(B, T)``. A long context is committed in consecutive chunks of at most
+        ``frames_per_pass`` frames over the whole batch (at least one frame per pass), so peak memory does not
+        grow with ``T``; the result equals one pass over all frames (the cache carries every chunk to the next).
+        Returns the outputs at these frames (agent state and heads, concatenated over chunks) with the cache.
         """
         c = self.config
-        level = torch.full(latents.shape[:2], c.context_tau, device=latents.device)
+        b, t = latents.shape[:2]
+        level = torch.full((b, t), c.context_tau, device=latents.device)
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         # objectives.add_noise's corruption, written out: the shipped model files leave the training objectives out.
         observed = (1 - c.context_tau) * noise + c.context_tau * latents
-        return self(observed, level, torch.full_like(level, 1.0 / c.k_max), actions=dict(actions) if actions else None,
-                    action_mask=action_mask, task_ids=task_ids, past_key_values=past_key_values, use_cache=True)
+        step = torch.full_like(level, 1.0 / c.k_max)
+        chunk = max(1, frames_per_pass // max(b, 1))
+        pieces = []
+        cache = past_key_values
+        for start in range(0, t, chunk):
+            part = slice(start, min(t, start + chunk))
+            out = self(
+                observed[:, part], level[:, part], step[:, part],
+                actions={name: value[:, part] for name, value in actions.items()} if actions else None,
+                action_mask=action_mask[:, part] if action_mask is not None else None,
+                task_ids=task_ids[:, part] if task_ids is not None and task_ids.dim() == 2 else task_ids,
+                past_key_values=cache, use_cache=True,
+            )
+            cache = out.cache
+            pieces.append(out)
+        return pieces[0] if len(pieces) == 1 else _concat_frames(pieces)
 
     @torch.no_grad()
     def imagine(
@@ -655,13 +701,27 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         :class:`ImaginationOutput`.
         """
         c = self.config
-        if horizon < 1:
-            raise ValueError(f"imagine: horizon must be >= 1, got {horizon}")
+        where = "DreamerAgentModel.imagine"
+        horizon = check_positive_int(horizon, "horizon", where)
+        num_steps = check_positive_int(num_steps, "num_steps", where)
+        check_generator(generator, where)
+        check_temperature(temperature, where)
+        latent_shape = (c.latent_channels, c.latent_height, c.latent_width)
+        check_tensor(context_latents, "context_latents", where, f"(B, T0, {', '.join(map(str, latent_shape))})")
+        if context_latents.dim() != 5 or tuple(context_latents.shape[2:]) != latent_shape or context_latents.shape[1] < 1:
+            raise ValueError(f"{where}: context_latents must have shape (B, T0, {', '.join(map(str, latent_shape))}) "
+                             f"with T0 >= 1 context frames, got {tuple(context_latents.shape)}")
+        b, t0 = context_latents.shape[:2]
+        if context_action_mask is not None and tuple(context_action_mask.shape) != (b, t0):
+            raise ValueError(f"{where}: context_action_mask must have shape (B, T0) = ({b}, {t0}), "
+                             f"got {tuple(context_action_mask.shape)}")
+        if task_ids is not None and (not isinstance(task_ids, torch.Tensor) or tuple(task_ids.shape) != (b,)):
+            got = tuple(task_ids.shape) if isinstance(task_ids, torch.Tensor) else type(task_ids).__name__
+            raise ValueError(f"{where}: task_ids must be a (B,) = ({b},) tensor (one task per rollout), got {got}")
         if policy is None:
             def policy(hidden: torch.Tensor) -> dict[str, torch.Tensor]:
                 return {name: logits[:, 0] for name, logits in self.policy_head(hidden).items()}
 
-        b, t0 = context_latents.shape[:2]
         mask = torch.ones(b, t0, dtype=torch.bool, device=context_latents.device) if context_action_mask is None \
             else context_action_mask.bool().clone()
         mask[:, -1] = False  # chosen by the policy below
@@ -674,6 +734,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         reward_bins, value_bins = self.reward_bins(), self.value_bins()
         for _ in range(horizon):
             logits = policy(hidden[-1])
+            check_policy_logits(logits, c.action_space, b, where)
             chosen = policy_sample(logits, c.action_space, temperature=temperature, generator=generator)
             log_probs.append(policy_log_prob(logits, chosen, c.action_space))
             cache.record_actions(chosen)

@@ -247,3 +247,70 @@ def check_local_checkpoint(path: str | os.PathLike, subfolder: str = "", need_co
             if not os.path.isfile(shard_path):
                 raise OSError(f"{who}: checkpoint folder {folder} lacks {shard}, listed in {index}")
             _check_safetensors(shard_path, folder)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inference arguments: the agent API and imagination rollouts
+# ------------------------------------------------------------------------------------------------
+
+
+def check_temperature(temperature: float, where: str) -> None:
+    """Raise ``ValueError`` unless ``temperature`` is a finite number > 0. Dividing logits by a negative
+    temperature would invert the policy (the likeliest class becomes the least likely) and 0 divides by zero;
+    the zero-temperature limit is ``greedy=True``."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature <= 0:
+        raise ValueError(f"{where}: temperature must be a finite number > 0 (greedy=True is the zero-temperature "
+                         f"case), got {temperature!r}")
+
+
+def check_positive_int(value: object, name: str, where: str, minimum: int = 1) -> int:
+    """``value`` as an int if it is an integer >= ``minimum`` (not a bool, not a float like 2.5), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_generator(generator: object, where: str) -> None:
+    """Raise ``TypeError`` unless ``generator`` is None or a ``torch.Generator`` (a seed is not: make one
+    with ``torch.Generator().manual_seed(seed)``)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{where}: generator must be a torch.Generator or None, got {type(generator).__name__} "
+                        f"{generator!r} (for a seed, pass torch.Generator().manual_seed(seed))")
+
+
+def check_tensor(value: object, name: str, where: str, expected: str) -> torch.Tensor:
+    """``value`` if it is a ``torch.Tensor``, else ``TypeError`` naming the argument and the expected shape."""
+    if not isinstance(value, torch.Tensor):
+        hint = " (convert it with torch.from_numpy)" if type(value).__module__.startswith("numpy") else ""
+        raise TypeError(f"{where}: {name} must be a torch.Tensor of shape {expected}, got {type(value).__name__}{hint}")
+    return value
+
+
+def check_finite(value: torch.Tensor, name: str, where: str) -> None:
+    """Raise ``ValueError`` if ``value`` holds NaN or inf (one host synchronisation)."""
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"{where}: {name} holds {bad} non-finite value(s) (NaN or inf) of {value.numel()}; "
+                         "nothing was committed")
+
+
+def check_policy_logits(logits: object, action_space: Mapping[str, Mapping], batch: int, where: str) -> None:
+    """Raise ``ValueError`` unless ``logits`` is ``{component: (B, n)}`` for exactly the action space's components
+    (``n`` classes for a categorical component, 1 for a binary one): what a policy given to ``imagine`` returns."""
+    from .action_space import num_logits
+
+    if not isinstance(logits, Mapping):
+        raise ValueError(f"{where}: the policy must return a dict {{component: logits (B, n)}}, got {type(logits).__name__}")
+    missing, extra = sorted(set(action_space) - set(logits)), sorted(set(logits) - set(action_space))
+    if missing or extra:
+        raise ValueError(f"{where}: the policy returned logits for components {sorted(logits)}; the action space has "
+                         f"{list(action_space)} (missing {missing}, unknown {extra})")
+    for name, spec in action_space.items():
+        value = logits[name]
+        expected = (batch, num_logits(spec))
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{where}: the policy's logits for {name!r} ({spec['type']}) must have shape (B, n) = "
+                             f"{expected}, got {got}")

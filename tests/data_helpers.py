@@ -21,25 +21,81 @@ def fixtures_dir() -> Path:
     pytest.skip(f"real-data fixtures not found (looked in {[str(c) for c in candidates]}; set DREAMER_FIXTURES)")
 
 
-def expected_rewards(truth: dict, frame_index: np.ndarray, gold_scale: float = 0.01, death_penalty: float = -10.0):
+# The default of `data.prepare --max-carry-frames`.
+MAX_CARRY_FRAMES = 3
+
+
+def event_fates(truth: dict, frame_index, max_carry_frames: int = MAX_CARRY_FRAMES) -> dict[int, tuple[str, int | None]]:
+    """Where each event of a truth file must end up, worked out frame by frame from the rule in
+    docs/data.md (independently of `data.importers.carry_events`).
+
+    An event is a frame with a gold event or a death onset (both on one frame: one event). Returns
+    `{frame: (fate, row)}`: `("on_frame", row)`, `("carried", row)` (the next latent frame, when the
+    run of missing frames holding it is at most `max_carry_frames` long), or `("before" | "after" |
+    "long_gap", None)` for a dropped event.
+    """
+    latent = sorted(int(f) for f in frame_index)
+    position = {frame: row for row, frame in enumerate(latent)}
+    frames = sorted({int(f) for f in truth["gold_events"]} | {int(f) for f in truth["death_onsets"]})
+    fates: dict[int, tuple[str, int | None]] = {}
+    for frame in frames:
+        if frame in position:
+            fates[frame] = ("on_frame", position[frame])
+        elif frame < latent[0]:
+            fates[frame] = ("before", None)
+        elif frame > latent[-1]:
+            fates[frame] = ("after", None)
+        else:
+            previous = max(f for f in latent if f < frame)
+            following = min(f for f in latent if f > frame)
+            missing = following - previous - 1
+            fates[frame] = ("carried", position[following]) if missing <= max_carry_frames else ("long_gap", None)
+    return fates
+
+
+def event_rewards(truth: dict, gold_scale: float = 0.01, death_penalty: float = -10.0) -> dict[int, tuple[float, int]]:
+    """`{frame: (reward, deaths)}` of every event frame of a truth file."""
+    events: dict[int, tuple[float, int]] = {}
+    for frame, gold in truth["gold_events"].items():
+        reward, deaths = events.get(int(frame), (0.0, 0))
+        events[int(frame)] = (reward + gold_scale * gold, deaths)
+    for frame in truth["death_onsets"]:
+        reward, deaths = events.get(int(frame), (0.0, 0))
+        events[int(frame)] = (reward + death_penalty, deaths + 1)
+    return events
+
+
+def expected_rewards(
+    truth: dict, frame_index: np.ndarray, gold_scale: float = 0.01, death_penalty: float = -10.0,
+    max_carry_frames: int = MAX_CARRY_FRAMES,
+):
     """Rewards and death flags per latent frame, computed from a truth file alone.
 
-    Events on frames without a latent go to the next latent frame (the last one if none follows).
+    Events on frames without a latent go to the next latent frame across a gap of at most
+    `max_carry_frames` missing frames; the others are dropped (`expected_drops`).
     """
     rewards = np.zeros(len(frame_index))
     deaths = np.zeros(len(frame_index), bool)
-    position = {int(f): i for i, f in enumerate(frame_index)}
-
-    def row_of(frame: int) -> int:
-        later = [f for f in frame_index if f >= frame]
-        return position[int(later[0])] if later else len(frame_index) - 1
-
-    for frame, gold in truth["gold_events"].items():
-        rewards[row_of(int(frame))] += gold_scale * gold
-    for frame in truth["death_onsets"]:
-        rewards[row_of(frame)] += death_penalty
-        deaths[row_of(frame)] = True
+    values = event_rewards(truth, gold_scale, death_penalty)
+    for frame, (_, row) in event_fates(truth, frame_index, max_carry_frames).items():
+        if row is not None:
+            rewards[row] += values[frame][0]
+            deaths[row] |= values[frame][1] > 0
     return rewards, deaths
+
+
+def expected_drops(
+    truth: dict, frame_index: np.ndarray, gold_scale: float = 0.01, death_penalty: float = -10.0,
+    max_carry_frames: int = MAX_CARRY_FRAMES,
+) -> dict[str, dict]:
+    """`{fate: {"events", "reward", "deaths"}}` for every fate of `event_fates` (zeros where none)."""
+    totals = {fate: {"events": 0, "reward": 0.0, "deaths": 0} for fate in ("on_frame", "carried", "before", "after", "long_gap")}
+    values = event_rewards(truth, gold_scale, death_penalty)
+    for frame, (fate, _) in event_fates(truth, frame_index, max_carry_frames).items():
+        totals[fate]["events"] += 1
+        totals[fate]["reward"] += values[frame][0]
+        totals[fate]["deaths"] += values[frame][1]
+    return totals
 
 
 def load_truth(root: Path, video_id: str) -> dict:

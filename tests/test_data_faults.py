@@ -275,18 +275,19 @@ def test_overwrite_with_bad_input_keeps_old_dataset(tmp_path, capsys):
 
 def test_write_failure_keeps_old_dataset(tmp_path, monkeypatch, capsys):
     """A full disk during the save: the error names the output, the old dataset stays, no leftovers."""
-    import datasets
+    import datasets.arrow_writer
 
     write_video(tmp_path / "in", "a")
     output = tmp_path / "out"
     assert cli(tmp_path / "in", output) == 0
 
-    def disk_full(self, path, **kwargs):
-        Path(path, "train").mkdir()
-        Path(path, "train", "data-00000-of-00001.arrow").write_bytes(b"partial")
+    # The rows go straight into the split's shard (data.prepare.SplitWriter); the disk fills up
+    # half-way through writing one.
+    def disk_full(self, table, writer_batch_size=None):
+        self.stream.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", disk_full)
+    monkeypatch.setattr(datasets.arrow_writer.ArrowWriter, "write_table", disk_full)
     err = run_error(capsys, tmp_path / "in", output, "--overwrite")
     assert f"{output}: cannot write the prepared dataset" in err and "No space left on device" in err
     assert f"{output} was left as it was" in err
@@ -640,10 +641,12 @@ def test_kill_9_leaves_old_dataset_or_none(tmp_path):
     def after_tmp():
         return any(s.kind == "tmp" for s in find_siblings(output))
 
+    # The rows are written straight into the split shards (data.prepare.SplitWriter), which are
+    # renamed to their final names once every video is imported.
     points = {
         "build folder created": lambda: any(s.kind == "tmp" for s in find_siblings(output)),
-        "importing (raw arrow written)": lambda: bool(_build_files(output, ".building/train.arrow")),
-        "saving (train split being written)": lambda: bool(_build_files(output, "train")),
+        "importing (train shard being written)": lambda: bool(_build_files(output, "train/shard-00000.arrow.partial")),
+        "shards named (split metadata being written)": lambda: bool(_build_files(output, "train/data-00000-of-00001.arrow")),
         "saved (report written)": lambda: bool(_build_files(output, "prepare_report.json")),
     }
     outcomes = {}

@@ -32,6 +32,9 @@ def test_fixture_rewards_deaths_actions_match_truth(prepared_fixture):
     assert report["deaths"]["total"] == sum(len(t["death_onsets"]) for t in truths)
     expected_total = sum(0.01 * sum(t["gold_events"].values()) - 10 * len(t["death_onsets"]) for t in truths)
     assert report["reward"]["total"] == pytest.approx(expected_total, abs=1e-3)
+    # No true event falls on a frame without a latent in these segments: nothing carried or dropped.
+    assert report["dropped"]["events"] == 0 and report["carried"]["events"] == 0
+    assert report["truncated_latents"]["videos"] == []
     uses_is_dead = root.name == "lol_real_is_dead"
     assert report["deaths"]["videos_using_is_dead"] == (len(truths) if uses_is_dead else 0)
 
@@ -96,7 +99,10 @@ def _prepare(root: Path, tmp_path: Path, **kwargs):
 
 
 def test_carried_events_keep_totals(tmp_path):
-    """Drop latents on a death onset, a gold frame and the video's tail: events move, totals stay."""
+    """Drop latents on a death onset (a 3-frame gap), a gold frame (1 frame) and the video's tail:
+    the events in the short gaps move to the next latent frame; the tail's events are dropped and
+    reported, not piled onto the last latent frame (that was the old behaviour: -9.79 on frame
+    3183). Kept + dropped reward = the truth's total."""
     source = fixtures_dir() / "lol_real"
     video_id = "NA1_5551816295_986"
     root = tmp_path / "in"
@@ -113,10 +119,19 @@ def test_carried_events_keep_totals(tmp_path):
     truth = load_truth(source, video_id)
     rewards, deaths = expected_rewards(truth, kept)
     np.testing.assert_allclose(dataset["train"]["reward"], rewards, atol=1e-5)
-    assert kept[deaths].tolist() == [204, 1870, 3183]  # 201 -> 204; 3321 -> last latent frame
-    # gold 21 at 944 and 21 at 3184 are carried too (truth file: gold_events)
-    assert report["carried"] == {"events": 4, "reward": pytest.approx(0.21 + 0.21 - 20), "deaths": 2}
-    assert report["reward"]["total"] == pytest.approx(0.01 * sum(truth["gold_events"].values()) - 30, abs=1e-3)
+    assert kept[deaths].tolist() == [204, 1870]  # 201 -> 204; 3321 is after the last latent frame 3183
+    assert dataset["train"]["reward"][-1] == 0 and not dataset["train"]["death"][-1]
+    # gold 21 at 944 is carried to 945 (truth file: gold_events); gold 21 at 3184 and the death at 3321 are dropped
+    assert report["carried"] == {"events": 2, "reward": pytest.approx(0.21 - 10), "deaths": 1}
+    after = {"events": 2, "reward": pytest.approx(0.21 - 10), "deaths": 1}
+    assert report["dropped"]["after"] == after and report["per_video"][video_id]["dropped"]["after"] == after
+    assert report["dropped"]["events"] == 2 and report["dropped"]["before"]["events"] == report["dropped"]["long_gap"]["events"] == 0
+    true_total = 0.01 * sum(truth["gold_events"].values()) - 30
+    assert report["reward"]["total"] == pytest.approx(true_total - (0.21 - 10), abs=1e-3)
+    assert report["reward"]["total"] + report["dropped"]["reward"] == pytest.approx(true_total, abs=1e-3)
+    assert report["reward"]["labels_total"] == pytest.approx(true_total, abs=1e-3)
+    # 816 of 4000 labelled frames after the latents: a warning (below the 0.5 error threshold).
+    assert any(f"video '{video_id}'" in w and "truncated latent pack" in w and "816 labelled frames" in w for w in report["warnings"])
 
 
 def test_health_bar_rule_one_event_per_death_and_no_flicker():

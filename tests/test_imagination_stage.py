@@ -4,6 +4,7 @@ exact resume, and what it refuses."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -62,10 +63,35 @@ def test_imagination_resumes_bitwise(run_training, phase2_agent: Path, tmp_path:
     a = load_file(str(straight / "final" / "model.safetensors"))
     b = load_file(str(resumed / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    rms_a = load_file(str(straight / "checkpoint-4" / "rms_state.safetensors"))
-    rms_b = load_file(str(resumed / "checkpoint-4" / "rms_state.safetensors"))
-    assert set(rms_a) == {"policy.ema_sq", "policy.steps", "value.ema_sq", "value.steps"}
-    assert all(torch.equal(rms_a[k], rms_b[k]) for k in rms_a)
+    # Phase 3's terms are not RMS-normalised: the checkpoint's normaliser state holds no term.
+    assert load_file(str(straight / "checkpoint-4" / "rms_state.safetensors")) == {}
+    assert load_file(str(resumed / "checkpoint-4" / "rms_state.safetensors")) == {}
+
+
+def test_phase3_sums_its_raw_losses_and_clips_each_head_alone(run_training, phase2_agent: Path, tmp_path: Path) -> None:
+    run_training(tmp_path, *IMAGINE, "--init_from", str(phase2_agent), "--max_steps", "2", "--save_steps", "0",
+                 "--max_grad_norm", "0.5")
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    steps = [r for r in map(json.loads, lines) if "loss/policy" in r]
+    assert steps and not any(k.startswith(("loss_normalized/", "rms/")) for r in steps for k in r)
+    for record in steps:  # one norm per head, the total their root sum of squares
+        assert record["grad_norm"] == pytest.approx(math.hypot(record["grad_norm/policy"], record["grad_norm/value"]),
+                                                    rel=1e-5)
+
+
+def test_imagination_arguments_are_checked(run_training, phase2_agent: Path, tmp_path: Path) -> None:
+    from training.arguments import parse_arguments
+    from training.stages import STAGES
+
+    for value in ("0", "-2"):
+        with pytest.raises(ValueError, match="imagination_context must be >= 1"):
+            parse_arguments(["--dataset_path", "x", "--stage", "imagination", "--imagination_context", value], STAGES)
+    with pytest.raises(RunError, match="imagination_context 9 is longer than window_length 8"):
+        run_training(tmp_path / "a", *IMAGINE, "--init_from", str(phase2_agent), "--max_steps", "1",
+                     "--imagination_context", "9")
+    with pytest.raises(RunError, match="time_context_length does not apply to stage imagination"):
+        run_training(tmp_path / "b", *IMAGINE, "--init_from", str(phase2_agent), "--max_steps", "1",
+                     "--time_context_length", "2")
 
 
 def test_imagination_needs_a_phase2_agent(run_training, tmp_path: Path) -> None:

@@ -70,6 +70,82 @@ def test_prefill_then_frame_by_frame_equals_one_full_forward(make_config, attn, 
         torch.testing.assert_close(torch.cat([p[name] for p in pieces], dim=1), expected, atol=ATOL, rtol=0, msg=name)
 
 
+BACKENDS = [("eager", 50.0), ("flex_attention", 50.0), ("sdpa", None)]
+WINDOW = 4  # time_context_length of the tests below: a frame reads itself and the 3 frames before it
+
+
+@pytest.mark.parametrize("attn,softcap", BACKENDS)
+@torch.no_grad()
+def test_frame_by_frame_from_an_empty_cache_equals_the_full_forward_at_every_frame(make_config, attn, softcap) -> None:
+    """What act() does: one frame per call from the first frame on, over three windows. The cache holds exactly
+    the frames a next frame's window reads (1, 2, 3, 3, ...), and every frame's outputs equal the full pass's."""
+    model = agent_model(make_config, attn, attn_logit_softcapping=softcap, time_context_length=WINDOW)
+    length = 3 * WINDOW
+    x = inputs(2, length)
+    full = outputs(model(**x))
+    cache = None
+    for t in range(length):
+        out = model(**frames(x, t, t + 1), past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        assert cache.num_frames == t + 1
+        assert cache.cached_frames == cache.kept_frames == min(t + 1, WINDOW - 1)
+        for name, got in outputs(out).items():
+            torch.testing.assert_close(got[:, 0], full[name][:, t], atol=ATOL, rtol=0, msg=f"{name} at frame {t}")
+
+
+@pytest.mark.parametrize("attn,softcap", BACKENDS)
+@torch.no_grad()
+def test_prefills_of_every_length_then_frame_by_frame_equal_the_full_forward(make_config, attn, softcap) -> None:
+    """Prefill p frames in one pass (p below, at and above the window), then one frame per call."""
+    model = agent_model(make_config, attn, attn_logit_softcapping=softcap, time_context_length=WINDOW)
+    length = 3 * WINDOW
+    x = inputs(1, length, seed=4)
+    full = outputs(model(**x))
+    for prefill in range(1, length):
+        out = model(**frames(x, 0, prefill), use_cache=True)
+        cache = out.past_key_values
+        pieces = [outputs(out)]
+        for t in range(prefill, length):
+            pieces.append(outputs(model(**frames(x, t, t + 1), past_key_values=cache, use_cache=True)))
+        assert cache.cached_frames == WINDOW - 1
+        for name, expected in full.items():
+            torch.testing.assert_close(torch.cat([p[name] for p in pieces], dim=1), expected, atol=ATOL, rtol=0,
+                                       msg=f"{name} after a prefill of {prefill}")
+
+
+@torch.no_grad()
+def test_a_long_context_is_committed_in_chunks_equal_to_one_pass(make_config) -> None:
+    model = agent_model(make_config, time_context_length=WINDOW, context_signal_level=1.0)
+    x = inputs(2, 9, seed=5)
+    whole = model.commit_frames(x["latents"], actions=x["actions"], frames_per_pass=10_000)
+    chunked = model.commit_frames(x["latents"], actions=x["actions"], frames_per_pass=6)  # 3 frames per pass
+    for name, expected in outputs(whole).items():
+        torch.testing.assert_close(outputs(chunked)[name], expected, atol=ATOL, rtol=0, msg=name)
+    assert chunked.cache.num_frames == whole.cache.num_frames == 9
+    for layer in whole.cache.keys:
+        torch.testing.assert_close(chunked.cache.keys[layer], whole.cache.keys[layer], atol=ATOL, rtol=0)
+    assert all(torch.equal(chunked.cache.last_actions[k], whole.cache.last_actions[k]) for k in x["actions"])
+
+
+@pytest.mark.parametrize("context_frames", [2, 7])
+@torch.no_grad()
+def test_imagination_from_contexts_shorter_and_longer_than_the_window_equals_a_full_forward(make_config, context_frames) -> None:
+    model = agent_model(make_config, context_signal_level=1.0, time_context_length=WINDOW)
+    x = inputs(2, context_frames, seed=6)
+    horizon = 2 * WINDOW
+    out = model.imagine(x["latents"], x["actions"], horizon, num_steps=2, generator=torch.Generator().manual_seed(1))
+    latents = torch.cat([x["latents"], out.latents], dim=1)
+    actions = {k: torch.cat([x["actions"][k][:, :-1].to(out.actions[k].dtype), out.actions[k], out.actions[k][:, -1:]],
+                            dim=1) for k in out.actions}
+    level = torch.ones(2, context_frames + horizon)
+    full = model(latents, level, torch.full_like(level, 1 / 8), actions=actions)
+    last = context_frames - 1
+    torch.testing.assert_close(out.values, twohot_decode(full.value_logits, model.value_bins())[:, last:], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.rewards, twohot_decode(full.reward_logits[:, :, 0], model.reward_bins())[:, last + 1:],
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.agent_hidden, full.agent_hidden[:, last:], atol=1e-4, rtol=1e-4)
+
+
 @torch.no_grad()
 def test_sliding_window_reads_exactly_the_last_frames(make_config) -> None:
     """Each time layer reads a window of 3 frames (its own and 2 before); over the model's 2 time layers a frame
@@ -245,3 +321,83 @@ def test_imagination_is_reproducible_and_follows_a_given_policy(make_config) -> 
     c = model.imagine(x["latents"], x["actions"], 5, policy=always_move_three, generator=torch.Generator().manual_seed(7))
     assert bool((c.actions["move"] == 3).all()) and not bool(c.actions["jump"].any())
     torch.testing.assert_close(c.log_probs, torch.zeros_like(c.log_probs), atol=1e-6, rtol=0)
+
+
+# ---- refusals: each names the argument and what was expected ----
+
+@torch.no_grad()
+def test_act_refuses_non_finite_latents_before_committing_anything(make_config) -> None:
+    model = agent_model(make_config)
+    agent = DreamerAgent(model, seed=0)
+    latents = inputs(1, 3)["latents"]
+    agent.act(latents[:, 0])
+    keys = {i: k.clone() for i, k in agent.cache.keys.items()}
+    reward = agent.reward().clone()
+    for bad in (float("nan"), float("inf")):
+        broken = latents[:, 1].clone()
+        broken[0, 0, 0, 0] = bad
+        for greedy in (True, False):
+            with pytest.raises(ValueError, match="latents holds 1 non-finite value"):
+                agent.act(broken, greedy=greedy)
+    assert agent.cache.num_frames == 1 and all(torch.equal(keys[i], agent.cache.keys[i]) for i in keys)
+    assert torch.equal(agent.reward(), reward)  # still the last good frame's
+    action = agent.act(latents[:, 1])  # and the agent goes on
+    assert agent.cache.num_frames == 2 and torch.isfinite(agent.reward()).all() and action["move"].shape == (1,)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
+@torch.no_grad()
+def test_a_temperature_that_is_not_positive_is_refused(make_config, temperature) -> None:
+    model = agent_model(make_config)
+    agent = DreamerAgent(model)
+    latents = inputs(1, 2)["latents"]
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        agent.act(latents[:, 0], temperature=temperature)
+    assert agent.cache.num_frames == 0
+    agent.act(latents[:, 0], greedy=True, temperature=temperature)  # greedy ignores the temperature
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        model.imagine(latents, None, 2, temperature=temperature)
+
+
+def test_a_low_temperature_sharpens_and_never_inverts_the_policy() -> None:
+    from modeling_dreamer.distributions import policy_sample
+
+    space = {"move": {"type": "categorical", "n": 3}, "jump": {"type": "binary"}}
+    logits = {"move": torch.tensor([[0.0, 1.0, 2.0]]).expand(4000, 3), "jump": torch.full((4000, 1), 1.0)}
+    for temperature, at_least in ((1.0, 0.60), (0.25, 0.97)):  # p(move=2) = 0.665 and 0.982
+        sample = policy_sample(logits, space, temperature=temperature, generator=torch.Generator().manual_seed(0))
+        assert (sample["move"] == 2).float().mean() > at_least and sample["jump"].float().mean() > 0.7
+
+
+@torch.no_grad()
+def test_imagination_and_reset_refuse_bad_arguments_by_name(make_config) -> None:
+    model = agent_model(make_config)
+    x = inputs(2, 3)
+    latents, actions = x["latents"], x["actions"]
+    cases = [
+        (dict(context_latents=latents[:, :0]), ValueError, "T0 >= 1 context frames"),
+        (dict(context_action_mask=torch.ones(2, dtype=torch.bool)), ValueError, "context_action_mask must have shape"),
+        (dict(horizon=2.5), ValueError, "horizon must be an integer >= 1"),
+        (dict(horizon=0), ValueError, "horizon must be an integer >= 1"),
+        (dict(generator=0), TypeError, "generator must be a torch.Generator"),
+        (dict(context_latents=latents.numpy()), TypeError, "context_latents must be a torch.Tensor"),
+        (dict(task_ids=torch.zeros(2, 3, dtype=torch.long)), ValueError, "task_ids must be a \\(B,\\)"),
+        (dict(policy=lambda h: {"move": torch.zeros(5, 5), "jump": torch.zeros(5, 1)}), ValueError,
+         "logits for 'move' .* must have shape \\(B, n\\) = \\(2, 5\\), got \\(5, 5\\)"),
+        (dict(policy=lambda h: {"move": torch.zeros(5), "jump": torch.zeros(1)}), ValueError, "got \\(5,\\)"),
+        (dict(policy=lambda h: {"move": torch.zeros(2, 1, 5), "jump": torch.zeros(2, 1)}), ValueError, "got \\(2, 1, 5\\)"),
+        (dict(policy=lambda h: {"move": torch.zeros(2, 5)}), ValueError, "missing \\['jump'\\]"),
+    ]
+    for overrides, error, message in cases:
+        arguments = {**dict(context_latents=latents, context_actions=actions, horizon=2), **overrides}
+        with pytest.raises(error, match=message):
+            model.imagine(**arguments)
+    agent = DreamerAgent(model)
+    for kwargs, message in ((dict(batch_size=-1), "batch_size must be an integer >= 1"),
+                            (dict(batch_size=2, task_id=torch.tensor([0, 1, 2])), "task_id must be one integer or a "),
+                            (dict(task_id=7), "task_id must lie in \\[0, num_tasks = 3\\)")):
+        with pytest.raises(ValueError, match=message):
+            agent.reset(**kwargs)
+    agent.reset(batch_size=2, task_id=torch.tensor([0, 2]))
+    with pytest.raises(TypeError, match="latents must be a torch.Tensor .*torch.from_numpy"):
+        agent.act(latents[:, 0].numpy())

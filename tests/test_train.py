@@ -72,8 +72,9 @@ def test_agent_stage_from_backbone_and_reload(run_training, dynamics_run: Path, 
     assert set(rms) == {f"{t}.{b}" for t in ("dynamics", "reward", "bc") for b in ("ema_sq", "steps")}
     model = DreamerAgentModel.from_pretrained(tmp_path / "final")
     assert model.config.architectures == ["DreamerAgentModel"]
-    # What inference reads: the frame distances trained on (the window of 8) and the context signal level.
-    assert model.config.time_context_length == 8 and model.config.context_signal_level == 0.9
+    # What inference reads: the time context trained with (half the window of 8, so that most trained frames
+    # see no start frame, as in a live stream) and the context signal level.
+    assert model.config.time_context_length == 4 and model.config.context_signal_level == 0.9
     for key in ("eval/reward_auc", "eval/bc_top1/movement", "eval/twohot_clamped_share", "eval/dynamics_loss",
                 "eval/reward_mae/offset_3", "eval/bc_top1/movement/offset_3", "eval/bc_majority/movement",
                 "eval/reward_ap/offset_3", "eval/bc_balanced_accuracy/movement", "eval/probe/reward_auc",

@@ -277,3 +277,48 @@ def test_an_empty_weight_average_leaves_the_model_alone() -> None:
         assert torch.equal(model.weight, before)
     average.copy_to_model()
     assert torch.equal(model.weight, before) and average.count == 0
+
+
+def test_each_clip_group_is_clipped_alone() -> None:
+    """A head with a huge gradient is clipped to max_norm; the other head's small gradient is left as it was."""
+    from training.loop import LogWindow, clip_gradients, clip_groups
+
+    model = nn.ModuleDict({"policy_head": nn.Linear(3, 2), "value_head": nn.Linear(3, 2), "frozen": nn.Linear(3, 2)})
+    model["frozen"].requires_grad_(False)
+    for name, scale in (("policy_head", 100.0), ("value_head", 0.01)):
+        for param in model[name].parameters():
+            param.grad = torch.full_like(param, scale)
+    small = [p.grad.clone() for p in model["value_head"].parameters()]
+    groups = clip_groups(model, {"policy": ("policy_head.",), "value": ("value_head.",)})
+
+    class Accelerator:  # what the loop calls
+        clip_grad_norm_ = staticmethod(torch.nn.utils.clip_grad_norm_)
+
+    window = LogWindow()
+    total = clip_gradients(Accelerator(), groups, 1.0, window)
+    policy_norm = torch.cat([p.grad.flatten() for p in model["policy_head"].parameters()]).norm()
+    assert float(policy_norm) == pytest.approx(1.0, rel=1e-5)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model["value_head"].parameters(), small))
+    logged = window.flush()
+    assert logged["grad_norm/policy"] == pytest.approx(100.0 * math.sqrt(8), rel=1e-5)
+    assert logged["grad_norm/value"] == pytest.approx(0.01 * math.sqrt(8), rel=1e-5)
+    assert float(total) == pytest.approx(math.hypot(logged["grad_norm/policy"], logged["grad_norm/value"]), rel=1e-5)
+    assert len(clip_groups(model, {})["all"]) == 4  # the trainable parameters only
+    with pytest.raises(Exception, match="match no trainable parameter"):
+        clip_groups(model, {"agent": ("agent_tokens.",)})
+
+
+@pytest.mark.parametrize("configured,requested,window,expected", [
+    (192, None, 16, 8), (None, None, 16, 8), (4, None, 16, 4), (192, None, 1, 1), (192, 16, 16, 16), (192, 3, 16, 3),
+])
+def test_the_time_context_is_below_the_window_unless_asked(configured, requested, window, expected) -> None:
+    from training.stages.dynamics import choose_time_context
+
+    assert choose_time_context(configured, requested, window) == expected
+
+
+def test_a_time_context_longer_than_the_window_is_refused() -> None:
+    from training.stages.dynamics import choose_time_context
+
+    with pytest.raises(Exception, match="time_context_length 17 is longer than window_length 16"):
+        choose_time_context(192, 17, 16)

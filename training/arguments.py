@@ -50,6 +50,16 @@ class ModelArguments:
         default=None, metadata={"help": "eager | sdpa | flex_attention; None: the model's default (docs/model.md)."}
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+    time_context_length: int | None = field(
+        default=None,
+        metadata={"help": "Frames a time layer reads (C, its own included), at most window_length. None: the model's "
+                  "own, narrowed to half the training window, so that most trained frames have no start frame in "
+                  "view, as in a live stream (stages dynamics and agent; docs/training.md)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.time_context_length is not None and self.time_context_length < 1:
+            raise ValueError(f"time_context_length must be >= 1 or None, got {self.time_context_length}")
 
     def overrides(self) -> dict[str, Any]:
         if not self.model_overrides:

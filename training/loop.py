@@ -99,7 +99,7 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
     optimizer = torch.optim.AdamW(param_groups, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * data.steps_per_epoch(t))
     scheduler = build_scheduler(optimizer, t.lr_scheduler_type, t.warmup_steps, total_steps, t.scheduler_kwargs())
-    normalizer = LossNormalizer(stage.loss_terms, decay=t.rms_decay)
+    normalizer = LossNormalizer([n for n in stage.loss_terms if n not in stage.unnormalized_terms], decay=t.rms_decay)
     loss_weights = stage.loss_weights()
     register_state_file(accelerator, normalizer, RMS_STATE_FILE)
 
@@ -107,6 +107,7 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
     eval_loader = accelerator.prepare(data.eval_loader) if data.eval_loader is not None else None
     normalizer.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(model)
+    clipped = clip_groups(unwrapped, stage.clip_groups())
     average = None
     if t.weight_average_start is not None:
         try:
@@ -136,6 +137,7 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
         "parameters": {"total": sum(p.numel() for p in unwrapped.parameters()), **trainable},
         "learning_rates": {g["name"]: g["initial_lr"] for g in param_groups}, "origin": origin,
         "resumed_from": str(checkpoint) if checkpoint else None, "torch_compile": t.torch_compile,
+        "time_context_length": getattr(unwrapped.config, "time_context_length", None),
     }
     metrics_log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process)
     metrics_log.start(resumed_at_step=state.global_step if checkpoint else None)
@@ -205,8 +207,7 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
                 window.add(normalized_logs)
                 micro += 1
                 if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
-                    window.add({"grad_norm": grad_norm})
+                    grad_norm = clip_gradients(accelerator, clipped, t.max_grad_norm or math.inf, window)
                     if step.finite(grad_norm, accelerator):  # the step's one host synchronisation
                         optimizer.step()
                     else:
@@ -445,8 +446,9 @@ def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.de
 
 def normalize_losses(normalizer: Any, losses: dict[str, torch.Tensor], counts: dict[str, torch.Tensor],
                      weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Weighted sum (`weights`: term -> weight, default 1) of the RMS-normalised loss terms, and their raw and
-    normalised values for the log.
+    """Weighted sum (`weights`: term -> weight, default 1) of the loss terms, each divided by its running RMS
+    when `normalizer` has one for it (terms it lacks are summed as they are), and their raw and normalised
+    values for the log.
 
     A term with no valid target on this process (count 0) still joins its normaliser's cross-process
     reduction but is left out of the average (and of the log); a term no process had leaves its normaliser
@@ -456,12 +458,41 @@ def normalize_losses(normalizer: Any, losses: dict[str, torch.Tensor], counts: d
     logs: dict[str, Any] = {}
     for name, loss in losses.items():
         present = counts[name] > 0
-        normalized = normalizer.normalize(name, loss, present=present)  # an absent term is an exact 0
-        total = total + (weights or {}).get(name, 1.0) * normalized
         logs[f"loss/{name}"] = (loss.detach(), present)
-        logs[f"loss_normalized/{name}"] = (normalized.detach(), present)
-        logs[f"rms/{name}"] = normalizer[name].rms()
+        if name in normalizer:
+            normalized = normalizer.normalize(name, loss, present=present)  # an absent term is an exact 0
+            logs[f"loss_normalized/{name}"] = (normalized.detach(), present)
+            logs[f"rms/{name}"] = normalizer[name].rms()
+        else:
+            normalized = torch.where(present, loss, torch.zeros_like(loss))
+        total = total + (weights or {}).get(name, 1.0) * normalized
     return total, logs
+
+
+def clip_groups(model: torch.nn.Module, prefixes: dict[str, tuple[str, ...]]) -> dict[str, list[torch.nn.Parameter]]:
+    """Group name -> the trainable parameters whose names start with one of its prefixes (`Stage.clip_groups`);
+    one group `all` of every trainable parameter when no groups are given."""
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    if not prefixes:
+        return {"all": [param for _, param in trainable]}
+    groups = {group: [param for name, param in trainable if name.startswith(starts)] for group, starts in prefixes.items()}
+    empty = [group for group, params in groups.items() if not params]
+    if empty:
+        raise RunError(f"gradient clip groups {empty} match no trainable parameter (prefixes {prefixes})")
+    return groups
+
+
+def clip_gradients(accelerator: Any, groups: dict[str, list[torch.nn.Parameter]], max_norm: float,
+                   window: "LogWindow") -> torch.Tensor:
+    """Clip each group's gradients to `max_norm` on its own; log and return the norm before clipping (of all
+    groups together: the root of the sum of the groups' squared norms). Stays on the device."""
+    norms = {group: torch.as_tensor(accelerator.clip_grad_norm_(params, max_norm), dtype=torch.float32)
+             for group, params in groups.items()}
+    total = torch.stack(list(norms.values())).square().sum().sqrt()
+    window.add({"grad_norm": total})
+    if len(norms) > 1:
+        window.add({f"grad_norm/{group}": norm for group, norm in norms.items()})
+    return total
 
 
 class StepGuard:

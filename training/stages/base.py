@@ -57,6 +57,9 @@ class Stage(ABC):
     description: ClassVar[str]  # one line for the model card, e.g. "DreamerV4 phase 1: dynamics pretraining"
     loss_terms: ClassVar[tuple[str, ...]]  # every term `compute_losses` may return, each with its own RMS normaliser
     arguments_classes: ClassVar[tuple[type, ...]] = ()  # dataclasses of the stage's own command-line knobs
+    # Terms summed as they are, without a running-RMS normaliser (phase 3's PMPO and value terms: the paper
+    # scales them by nothing, docs/objectives.md).
+    unnormalized_terms: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, args: RunArguments) -> None:
         self.args = args
@@ -76,6 +79,12 @@ class Stage(ABC):
 
     def loss_weights(self) -> dict[str, float]:
         """Weight of each loss term in the sum after RMS normalisation (terms not named weigh 1)."""
+        return {}
+
+    def clip_groups(self) -> dict[str, tuple[str, ...]]:
+        """Parameter groups whose gradients are clipped to `max_grad_norm` each on their own: group name ->
+        parameter-name prefixes. Empty (the default): one clip over every parameter. A stage whose heads learn
+        from separate losses names one group per head, so one head's large gradient cannot shrink another's."""
         return {}
 
     def lr_scales(self) -> GroupScales:

@@ -97,15 +97,10 @@ class DynamicsStage(Stage):
         return self.built(model), {"init": "pretrained", "init_from": init_from}
 
     def built(self, model: nn.Module) -> nn.Module:
-        """Fit the model's time context to the training windows and remember its config (k_max, action
-        space ...) for the loss computations.
-
-        A time layer reads at most `time_context_length` frames; trained on windows of T frames, it has only
-        learned to read T, so a longer context is narrowed to T (the model then reads at inference, on an
-        unbounded stream, the frame distances it was trained on)."""
-        window = self.args.data.window_length
-        if model.config.time_context_length is None or model.config.time_context_length > window:
-            model.config.time_context_length = window
+        """Fit the model's time context to the training windows (`choose_time_context`) and remember its config
+        (k_max, action space ...) for the loss computations."""
+        model.config.time_context_length = choose_time_context(
+            model.config.time_context_length, self.args.model.time_context_length, self.args.data.window_length)
         self.model_config = model.config
         return model
 
@@ -207,6 +202,23 @@ class DynamicsStage(Stage):
         flow = shortcut_forcing_loss(out.latent_pred.float(), z_clean, z_tilde, tau, step, d_min, None).loss
         # One entry per example (the batch mean repeated): gathering then averages over examples exactly.
         return {"dynamics_loss": flow.expand(b)}
+
+
+def choose_time_context(configured: int | None, requested: int | None, window: int) -> int:
+    """The time context C a model trains with on windows of `window` frames.
+
+    `requested` (the `time_context_length` argument) wins, but may not exceed the window: a time layer cannot
+    learn frame distances that no window holds. Otherwise the model's own context, narrowed to half the window:
+    with C < T, frames t >= C - 1 of a window read no start frame (the frame whose action token is "no action"),
+    which is what every frame of a live stream longer than C sees; the paper trains on batches longer than the
+    context for this reason."""
+    if requested is not None:
+        if requested > window:
+            raise RunError(f"time_context_length {requested} is longer than window_length {window}: a time layer "
+                           "cannot learn to read frame distances that no training window holds")
+        return requested
+    half = max(1, window // 2)
+    return half if configured is None or configured > half else configured
 
 
 def gather_records(records: list[dict[str, torch.Tensor]], accelerator: Any) -> dict[str, Any]:

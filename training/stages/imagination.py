@@ -54,6 +54,9 @@ class ImaginationArguments:
         if not 0.0 < self.discount <= 1.0 or not 0.0 <= self.return_lambda <= 1.0:
             raise ValueError(f"discount must be in (0, 1] and return_lambda in [0, 1], got {self.discount}, "
                              f"{self.return_lambda}")
+        if self.imagination_context is not None and self.imagination_context < 1:
+            raise ValueError(f"imagination_context must be >= 1 (context frames before a rollout) or None (the whole "
+                             f"window), got {self.imagination_context}")
         if not 0.0 <= self.pmpo_alpha <= 1.0 or self.pmpo_beta < 0:
             raise ValueError(f"pmpo_alpha must be in [0, 1] and pmpo_beta >= 0, got {self.pmpo_alpha}, {self.pmpo_beta}")
 
@@ -72,11 +75,19 @@ class ImaginationStage(Stage):
     name = "imagination"
     description = "DreamerV4 phase 3: imagination training (PMPO policy and TD(lambda) value on world-model rollouts)"
     loss_terms = ("policy", "value")
+    # The paper normalises phase 3's terms by nothing: PMPO's are in nats and scale-free, and near the prior its
+    # value is close to zero with either sign, so dividing by its running RMS would inflate the policy gradient
+    # many times (measured in docs/objectives.md).
+    unnormalized_terms = ("policy", "value")
     arguments_classes = (ImaginationArguments,)
 
     def __init__(self, args: Any) -> None:
         super().__init__(args)
         self.imagination_args = args.of(ImaginationArguments)
+        context, window = self.imagination_args.imagination_context, args.data.window_length
+        if context is not None and context > window:
+            raise RunError(f"imagination_context {context} is longer than window_length {window}: the context frames "
+                           "are the last ones of a training window")
 
     # ---- model ----
 
@@ -84,6 +95,9 @@ class ImaginationStage(Stage):
         from modeling_dreamer import DreamerAgentModel
 
         init_from = self.args.model.init_from
+        if self.args.model.time_context_length is not None:
+            raise RunError("--time_context_length does not apply to stage imagination: the world model is frozen and "
+                           "keeps the context it was trained with")
         if init_from is None:
             raise RunError("stage imagination needs --init_from: a phase-2 agent (a DreamerAgentModel final/ folder)")
         source = load_source_config(init_from, schema)
@@ -118,6 +132,10 @@ class ImaginationStage(Stage):
 
     def lr_scales(self) -> GroupScales:
         return GroupScales()
+
+    def clip_groups(self) -> dict[str, tuple[str, ...]]:
+        """The policy and the value head are clipped apart: they learn from separate losses."""
+        return {"policy": ("policy_head.",), "value": ("value_head.",)}
 
     # ---- one micro-batch ----
 
