@@ -37,3 +37,13 @@ __all__ = [
     "ImaginationOutput",
     "shortcut_sample",
 ]
+
+# The causal tokenizer (phase 0, docs/tokenizer.md): frames <-> latents, registered like the models above.
+from .configuration_tokenizer import DreamerTokenizerConfig  # noqa: E402
+from .modeling_tokenizer import DreamerTokenizer, DreamerTokenizerCache, DreamerTokenizerOutput  # noqa: E402
+
+AutoConfig.register(DreamerTokenizerConfig.model_type, DreamerTokenizerConfig)
+AutoModel.register(DreamerTokenizerConfig, DreamerTokenizer)
+DreamerTokenizerConfig.register_for_auto_class()
+DreamerTokenizer.register_for_auto_class("AutoModel")
+__all__ += ["DreamerTokenizerConfig", "DreamerTokenizer", "DreamerTokenizerCache", "DreamerTokenizerOutput"]
