@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""Train a Dreamer world model or agent with Accelerate: one loop (`training/loop.py`), one module per
-stage (`training/stages/`).
+"""Train a Dreamer model with Accelerate: one loop (`training/loop.py`), one module per stage
+(`training/stages/`).
 
     accelerate launch [--config_file accelerate_configs/cpu.yaml] train.py --config recipes/demo_agent.yaml \\
         [--key value ...]
     python train.py --config recipes/demo_agent.yaml        # one device, no launcher needed
 
-Stages: `dynamics` (DreamerV4 phase 1), `agent` (phase 2); `python train.py --help` lists every argument.
-See docs/training.md.
+Stages (`--stage`): `dynamics` (DreamerV4 phase 1, dynamics pretraining), `agent` (phase 2, agent
+finetuning), `imagination` (phase 3, PMPO in imagination); `python train.py --help` lists every argument,
+`python train.py --stage agent --help` a stage's. See docs/training.md.
+
+Bad input and impossible requests (the project's `DreamerError`s) end with one line naming the file, argument
+or problem; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,18 +21,20 @@ import sys
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Parse the arguments, pick the stage, run the loop; returns the final held-out metrics."""
+    from modeling_dreamer.errors import ArgumentError, DreamerError
     from training.arguments import parse_arguments
-    from training.checkpointing import RunError
     from training.loop import train
     from training.stages import STAGES
 
-    args = parse_arguments(argv, STAGES)
     try:
-        stage = STAGES[args.training.stage](args)
-        return train(stage, args)
-    except (RunError, ValueError) as error:
-        # Bad input or an impossible request: one clear line, no traceback.
-        raise SystemExit(f"train.py: error: {error}") from None
+        args = parse_arguments(argv, STAGES)
+        return train(STAGES[args.training.stage](args), args)
+    except ArgumentError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except DreamerError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

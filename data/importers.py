@@ -4,7 +4,8 @@ Two inputs per video:
 - `<latents_dir>/<video_id>.npz`: `latents (N, C, H, W)` float16, `frame_indices (N,)` ascending.
 - `<features_dir>/<video_id>/features.json`: one entry per frame, looked up by `frame_idx`.
 
-Everything is keyed by frame number, never by array position (code review item 7): a frame's
+Everything is keyed by frame number, never by array position (the earlier pipeline's rewards drifted off their
+frames where latents were missing): a frame's
 reward, death and actions are read from the features entry whose `frame_idx` equals the latent's
 frame number. A reward or death on a frame without a latent is carried to the next frame that has
 one only across a short gap (`carry_events`, at most `max_carry_frames` missing frames); events
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from data.schema import RewardSpec
+from modeling_dreamer.errors import DataError
 
 INT32_MAX = int(np.iinfo(np.int32).max)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -56,10 +58,6 @@ TRUNCATION_WARNING_FRACTION = 0.01
 # Where an event went (`CarriedEvents.fate`).
 ON_FRAME, CARRIED, BEFORE_FIRST, AFTER_LAST, IN_LONG_GAP = 0, 1, 2, 3, 4
 DROP_KINDS = {"before": BEFORE_FIRST, "after": AFTER_LAST, "long_gap": IN_LONG_GAP}
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file and the problem."""
 
 
 @dataclass

@@ -1,6 +1,10 @@
 """`python -m data.prepare`: the user's files -> a `DatasetDict` on disk + `prepare_report.json`.
 
     python -m data.prepare --latents-dir L --features-dir F --output OUT
+    python -m data.prepare --latents-dir L --tables-dir T [--events-dir E] --mapping MAP.yaml --output OUT
+
+The first reads `<id>/features.json` (`data.importers`), the second per-frame tables and event streams as a
+mapping file says (`data.mapping`, `data.tables`; the report adds the timing diagnostic, `data.timing`).
 
 One row per frame that has a latent, sorted by (video_id, frame_index); splits `train` and
 `validation` by whole videos (seeded). Each video is turned into an Arrow table and written
@@ -24,6 +28,7 @@ import math
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +44,21 @@ from data.importers import (
     import_video,
     read_latent_shape,
 )
+from data.mapping import Mapping
 from data.schema import (
     REPORT_FILE,
     SCHEMA_FILE,
     DatasetSchema,
+    MappedRewardSpec,
     RewardSpec,
+    check_tokenizer,
     default_action_keys,
     default_action_space,
     recommended_twohot_range,
     validate_action_space,
 )
 from data.staging import StagedDirectory, recover
+from data.timing import DEFAULT_OFFSETS as DEFAULT_TIMING_OFFSETS
 
 SPLITS = ("train", "validation")
 logger = logging.getLogger("data.prepare")
@@ -61,8 +70,9 @@ MAX_SHARD_BYTES = 500 * 10**6
 WRITER_BATCH_SIZE = 65536
 
 
-def dataset_features(latent_size: int, action_space: dict[str, dict]) -> "datasets.Features":  # noqa: F821
-    """The column types of a prepared split (docs/data.md)."""
+def dataset_features(latent_size: int, action_space: dict[str, dict], state_size: int = 0) -> "datasets.Features":  # noqa: F821
+    """The column types of a prepared split (docs/data.md); with `state_size` S > 0 also the state vector
+    (`state`: S float32, 0 where unknown; `state_mask`: S bool, False where the value was not read)."""
     from datasets import Features, List, Value
 
     columns = {
@@ -75,6 +85,9 @@ def dataset_features(latent_size: int, action_space: dict[str, dict]) -> "datase
     for name, spec in action_space.items():
         columns[name] = Value("int64" if spec["type"] == "categorical" else "bool")
     columns["has_action"] = Value("bool")
+    if state_size:
+        columns["state"] = List(Value("float32"), length=state_size)
+        columns["state_mask"] = List(Value("bool"), length=state_size)
     return Features(columns)
 
 
@@ -93,6 +106,11 @@ def video_table(video: VideoFrames, features: "datasets.Features") -> "pyarrow.T
         **{name: pa.array(values) for name, values in video.actions.items()},
         "has_action": pa.array(video.has_action),
     }
+    state = getattr(video, "state", None)
+    if state is not None:
+        size = state.shape[1]
+        columns["state"] = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(state, np.float32).reshape(-1)), size)
+        columns["state_mask"] = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(video.state_mask).reshape(-1)), size)
     return pa.Table.from_pydict(columns, schema=features.arrow_schema)
 
 
@@ -414,6 +432,8 @@ def prepare(
     max_carry_frames: int = DEFAULT_MAX_CARRY_FRAMES,
     max_uncovered_fraction: float = DEFAULT_MAX_UNCOVERED_FRACTION,
     allow_truncated_latents: bool = False,
+    validation_videos: list[str] | None = None,
+    tokenizer: dict[str, str] | None = None,
 ) -> dict:
     """Import every video, write the `DatasetDict`, the schema and the report; return the report.
 
@@ -422,19 +442,16 @@ def prepare(
     next latent frame across at most `max_carry_frames` missing frames, else dropped and reported
     (`data.importers.carry_events`). A video with more than `max_uncovered_fraction` of its
     labelled frames outside its latents' span (a truncated latent pack) is an error, or with
-    `allow_truncated_latents` a warning. Raises DataError (naming the file, and the frame and key
-    where there is one) on bad input. The output is built beside `output` and moved into place only
-    when complete: on any failure `output` is left exactly as it was (`data.staging`). Warnings
-    (missing keys, partial `is_dead`, unpaired videos, dropped events, truncated packs) go to the
-    `data.prepare` logger and to the report's `warnings`.
+    `allow_truncated_latents` a warning. `validation_videos` names the validation videos (instead of
+    `validation_fraction`); `tokenizer` (`{"name", "hash"}`) is recorded in the schema. Raises DataError
+    (naming the file, and the frame and key where there is one) on bad input. The output is built beside
+    `output` and moved into place only when complete: on any failure `output` is left exactly as it was
+    (`data.staging`). Warnings (missing keys, partial `is_dead`, unpaired videos, dropped events, truncated
+    packs) go to the `data.prepare` logger and to the report's `warnings`.
 
     Memory: one video at a time (its latents, a few copies at most), plus small per-video
     statistics; the rows are written once, straight into the final shards (`SplitWriter`).
     """
-    import datasets
-    from datasets import DatasetInfo
-    from tqdm.auto import tqdm
-
     explicit_action_space = action_space is not None
     reward_spec = reward_spec or RewardSpec()
     action_space = action_space or default_action_space()
@@ -445,6 +462,200 @@ def prepare(
     action_keys = {**default_action_keys(action_space), **(action_keys or {})}
     if set(action_keys) != set(action_space):
         raise DataError(f"action space: keys given for components {sorted(set(action_keys) - set(action_space))} it does not have")
+    latent_shape = _check_common_options(latent_shape, validation_fraction, max_carry_frames, max_uncovered_fraction, tokenizer)
+    latents_dir, features_dir, output = Path(latents_dir), Path(features_dir), Path(output)
+
+    warnings: list[str] = []
+    warn = _warner(warnings)
+    _clean_output(output, overwrite, warn)
+    paired, without_features, without_latents = find_videos(latents_dir, features_dir)
+    if not paired:
+        raise DataError(
+            f"{latents_dir}: no video has both <id>.npz here and <id>/features.json in {features_dir} "
+            f"({len(without_features)} latents files without features, {len(without_latents)} features without latents)"
+        )
+    for ids, what in ((without_features, "without features"), (without_latents, "without latents")):
+        if ids:
+            warn(f"{len(ids)} videos {what}: {ids}")
+    splits = choose_splits(paired, validation_fraction, seed, validation_videos,
+                           {**dict.fromkeys(without_features, "has latents but no features.json"),
+                            **dict.fromkeys(without_latents, "has features.json but no latents")})
+    latent_shape = reference_latent_shape(latents_dir, paired, latent_shape)
+    missing_keys: Counter = Counter()
+    keys_seen: set[str] = set()
+
+    def import_one(video_id: str) -> VideoFrames:
+        video = import_video(
+            video_id,
+            latents_dir / f"{video_id}.npz",
+            features_dir / video_id / "features.json",
+            action_space,
+            action_keys,
+            reward_spec,
+            latent_shape,
+            max_frame_gap,
+            max_carry_frames=max_carry_frames,
+            max_uncovered_fraction=max_uncovered_fraction,
+            allow_truncated_latents=allow_truncated_latents,
+        )
+        keys_seen.update(video.stats.pop("keys_seen"))
+        missing_keys.update(video.stats["missing_keys"])
+        return video
+
+    def finish(per_video: dict[str, dict], tally: RewardTally, latent_shape: tuple) -> tuple[DatasetSchema, dict]:
+        key_warnings, errors = _missing_key_findings(
+            per_video, missing_keys, keys_seen, action_space, action_keys, explicit_action_space, features_dir
+        )
+        if errors:
+            raise DataError("\n".join(errors))
+        health_bar_fallback, death_warnings = _death_findings(per_video)
+        for message in key_warnings + death_warnings:
+            warn(message)
+        mismatches = {
+            video_id: s["header_video_id"] for video_id, s in per_video.items() if s["header_video_id"] not in (None, video_id)
+        }
+        if mismatches:
+            warn(f"{len(mismatches)} features.json header video_id(s) differ from their folder name: {mismatches}")
+        dropped = _dropped_summary(per_video)
+        _warn_dropped(dropped, max_carry_frames, warn)
+        stats, twohot_range = _reward_statistics(tally, per_video, reward_spec.death_penalty, latents_dir)
+        schema = DatasetSchema(
+            latent_shape=latent_shape,
+            action_space=action_space,
+            reward_spec=reward_spec,
+            recommended_twohot_range=twohot_range,
+            # The covered range, not the rows' extremes: the value range (imagination) is built from it.
+            reward_min=stats["covered_min"],
+            reward_max=stats["covered_max"],
+            action_keys=action_keys,
+            tokenizer=tokenizer,
+        )
+        report = _report(
+            inputs={"latents_dir": str(latents_dir), "features_dir": str(features_dir)},
+            splits=splits, without_features=without_features, without_latents=without_latents,
+            per_video=per_video, reward_stats=stats, missing_keys=missing_keys, dropped=dropped,
+            health_bar_fallback=health_bar_fallback, schema=schema, mismatches=mismatches, warnings=warnings,
+            max_carry_frames=max_carry_frames, max_uncovered_fraction=max_uncovered_fraction,
+            allow_truncated_latents=allow_truncated_latents,
+        )
+        report["videos"]["validation_chosen_by"] = "name" if validation_videos else "fraction"
+        return schema, report
+
+    return _write_prepared(output, overwrite, splits, action_space, 0, import_one, finish, progress, warn)
+
+
+def prepare_tables(
+    latents_dir: str | Path,
+    tables_dir: str | Path,
+    output: str | Path,
+    mapping: Mapping | str | Path,
+    events_dir: str | Path | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    latent_shape: tuple[int, int, int] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    max_frame_gap: int = DEFAULT_MAX_FRAME_GAP,
+    max_carry_frames: int = DEFAULT_MAX_CARRY_FRAMES,
+    max_uncovered_fraction: float = DEFAULT_MAX_UNCOVERED_FRACTION,
+    allow_truncated_latents: bool = False,
+    validation_videos: list[str] | None = None,
+    tokenizer: dict[str, str] | None = None,
+    timing_offsets: tuple[int, int] = DEFAULT_TIMING_OFFSETS,
+) -> dict:
+    """`prepare` for per-frame tables and event streams (`data.tables`), as the `mapping` file says
+    (`data.mapping`; a path or a loaded `Mapping`). The same carrying, truncation, split and staging rules as
+    `prepare`; the report adds per-term reward totals, per-component action counts, events outside their
+    video, null readings and the timing diagnostic (`data.timing`, offsets `timing_offsets` inclusive)."""
+    from data.mapping import load_mapping
+    from data.tables import find_table, find_table_videos, import_table_video, timing_signals
+    from data.timing import TimingTally, checked_signals, mapping_offsets
+
+    mapping = mapping if isinstance(mapping, Mapping) else load_mapping(mapping)
+    latent_shape = _check_common_options(latent_shape, validation_fraction, max_carry_frames, max_uncovered_fraction, tokenizer)
+    latents_dir, tables_dir, output = Path(latents_dir), Path(tables_dir), Path(output)
+    if mapping.uses_events():
+        if events_dir is None:
+            reader = ([f"rewards.{n}" for n, t in mapping.rewards.items() if t.match is not None]
+                      + [f"actions.{n}" for n, c in mapping.actions.items() if c.from_events])[0]
+            raise DataError(f"{mapping.path}: {reader} reads events: give --events-dir (the folder of <video_id>.jsonl)")
+        events_dir = Path(events_dir)
+        if not events_dir.is_dir():
+            raise DataError(f"{events_dir}: events directory not found")
+    timing = TimingTally(timing_offsets)
+
+    warnings: list[str] = []
+    warn = _warner(warnings)
+    _clean_output(output, overwrite, warn)
+    paired, without_table, without_latents = find_table_videos(latents_dir, tables_dir)
+    if not paired:
+        raise DataError(
+            f"{latents_dir}: no video has both <id>.npz here and a table <id>.parquet/.jsonl/.csv in {tables_dir} "
+            f"({len(without_table)} latents files without a table, {len(without_latents)} tables without latents)"
+        )
+    for ids, what in ((without_table, "without a table"), (without_latents, "without latents")):
+        if ids:
+            warn(f"{len(ids)} videos {what}: {ids}")
+    splits = choose_splits(paired, validation_fraction, seed, validation_videos,
+                           {**dict.fromkeys(without_table, "has latents but no table"),
+                            **dict.fromkeys(without_latents, "has a table but no latents")})
+    latent_shape = reference_latent_shape(latents_dir, paired, latent_shape)
+    action_space = mapping.action_space()
+
+    def import_one(video_id: str) -> VideoFrames:
+        events = events_dir / f"{video_id}.jsonl" if mapping.uses_events() else None
+        video, labels = import_table_video(
+            video_id, latents_dir / f"{video_id}.npz", find_table(tables_dir, video_id), events, mapping,
+            latent_shape, max_frame_gap, max_carry_frames, max_uncovered_fraction, allow_truncated_latents,
+        )
+        timing.add(video.latents, video.frame_index, timing_signals(labels, mapping))
+        return video
+
+    def finish(per_video: dict[str, dict], tally: RewardTally, latent_shape: tuple) -> tuple[DatasetSchema, dict]:
+        dropped = _dropped_summary(per_video)
+        _warn_dropped(dropped, max_carry_frames, warn)
+        outside = {kind: sum((s["events"] or {}).get(kind, 0) for s in per_video.values())
+                   for kind in ("before_video", "after_video", "unmatched")}
+        if sum(outside.values()):
+            warn(f"{sum(outside.values())} event(s) lie outside their video's table and were not used: "
+                 f"{outside['before_video']} before its first frame, {outside['after_video']} after its last, "
+                 f"{outside['unmatched']} in a gap of its times (report: events.outside_video)")
+        timing_result = timing.result(mapping_offsets(mapping), checked_signals(mapping))
+        for message in timing_result["mismatches"]:
+            warn(f"timing: {message} (report: timing)")
+        penalties = [t.penalty for t in mapping.rewards.values() if t.kind == "death"]
+        stats, twohot_range = _reward_statistics(tally, per_video, min(penalties, default=0.0), latents_dir)
+        schema = DatasetSchema(
+            latent_shape=latent_shape,
+            action_space=action_space,
+            reward_spec=MappedRewardSpec(mapping.to_json()["rewards"]),
+            recommended_twohot_range=twohot_range,
+            reward_min=stats["covered_min"],
+            reward_max=stats["covered_max"],
+            action_keys={name: c.describe_source() for name, c in mapping.actions.items()},
+            state_names=mapping.state_names,
+            tokenizer=tokenizer,
+            label_mapping=mapping.to_json(),
+        )
+        report = _tables_report(
+            inputs={"latents_dir": str(latents_dir), "tables_dir": str(tables_dir),
+                    "events_dir": str(events_dir) if events_dir is not None else None, "mapping": str(mapping.path)},
+            splits=splits, validation_videos=validation_videos, without_table=without_table,
+            without_latents=without_latents, per_video=per_video, reward_stats=stats, dropped=dropped,
+            outside=outside, timing=timing_result, schema=schema, mapping=mapping, warnings=warnings,
+            max_carry_frames=max_carry_frames, max_uncovered_fraction=max_uncovered_fraction,
+            allow_truncated_latents=allow_truncated_latents,
+        )
+        return schema, report
+
+    return _write_prepared(output, overwrite, splits, action_space, len(mapping.state), import_one, finish, progress, warn)
+
+
+def _check_common_options(
+    latent_shape: tuple[int, int, int] | None, validation_fraction: float, max_carry_frames: int,
+    max_uncovered_fraction: float, tokenizer: dict[str, str] | None,
+) -> tuple[int, int, int] | None:
+    """Refuse out-of-range options of either input path before any work; returns the latent shape as ints."""
     if latent_shape is not None:
         latent_shape = tuple(int(d) for d in latent_shape)
         if len(latent_shape) != 3 or min(latent_shape) < 1:
@@ -455,67 +666,135 @@ def prepare(
         raise DataError(f"--max-carry-frames must be an integer >= 0, got {max_carry_frames!r}")
     if not 0.0 <= max_uncovered_fraction <= 1.0:
         raise DataError(f"--max-uncovered-fraction must be in [0, 1], got {max_uncovered_fraction}")
-    latents_dir, features_dir, output = Path(latents_dir), Path(features_dir), Path(output)
+    if tokenizer is not None:
+        check_tokenizer(tokenizer)
+    return latent_shape
 
-    warnings: list[str] = []
 
+def _warner(warnings: list[str]) -> Callable[[str], None]:
     def warn(message: str) -> None:
         # Logged when found (a later error does not hide it) and kept for the report.
         logger.warning(message)
         warnings.append(message)
 
+    return warn
+
+
+def _clean_output(output: Path, overwrite: bool, warn: Callable[[str], None]) -> None:
     try:
         for action in recover(output):  # leftovers of a killed run for the same output
             warn(action)
     except OSError as error:
         raise DataError(f"{output}: cannot clean up after an interrupted run ({error})") from error
     check_output(output, overwrite)
-    paired, without_features, without_latents = find_videos(latents_dir, features_dir)
-    if not paired:
-        raise DataError(
-            f"{latents_dir}: no video has both <id>.npz here and <id>/features.json in {features_dir} "
-            f"({len(without_features)} latents files without features, {len(without_latents)} features without latents)"
-        )
-    for ids, what in ((without_features, "without features"), (without_latents, "without latents")):
-        if ids:
-            warn(f"{len(ids)} videos {what}: {ids}")
-    splits = split_videos(paired, validation_fraction, seed)
-    split_of = {video_id: name for name, ids in splits.items() for video_id in ids}
-    latent_shape = reference_latent_shape(latents_dir, paired, latent_shape)
 
+
+def choose_splits(
+    video_ids: list[str], validation_fraction: float, seed: int, validation_videos: list[str] | None,
+    unpaired: dict[str, str] | None = None,
+) -> dict[str, list[str]]:
+    """The train / validation split of whole videos: the named `validation_videos` if given, else a seeded
+    `validation_fraction` (`split_videos`). A named video that is not among `video_ids` is a DataError naming
+    it (and, from `unpaired`, why: "has latents but no table")."""
+    if not validation_videos:
+        return split_videos(video_ids, validation_fraction, seed)
+    named = list(dict.fromkeys(validation_videos))
+    unknown = [video_id for video_id in named if video_id not in set(video_ids)]
+    if unknown:
+        why = "; ".join(f"'{v}' {unpaired[v]}" for v in unknown if unpaired and v in unpaired)
+        raise DataError(
+            f"--validation-videos: unknown video id(s) {unknown} (not among the {len(video_ids)} videos with latents "
+            f"and labels{': ' + why if why else ''})"
+        )
+    train = sorted(set(video_ids) - set(named))
+    if not train:
+        raise DataError(f"--validation-videos names all {len(video_ids)} videos: none is left for training")
+    return {"train": train, "validation": sorted(named)}
+
+
+def read_video_list(values: list[str]) -> list[str]:
+    """`--validation-videos`: video ids, where `@FILE` stands for the ids in FILE (one per line; blank lines and
+    lines starting with '#' are skipped). Raises DataError naming an unreadable file."""
+    ids = []
+    for value in values:
+        if not value.startswith("@"):
+            ids.append(value)
+            continue
+        path = Path(value[1:])
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"{path}: cannot read the list of validation videos (--validation-videos @{path}): {error}") from error
+        ids += [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not ids:
+        raise DataError(f"--validation-videos: no video id given ({' '.join(values)})")
+    return ids
+
+
+def _reward_statistics(
+    tally: RewardTally, per_video: dict[str, dict], death_penalty: float, latents_dir: Path
+) -> tuple[dict, tuple[float, float]]:
+    """The report's `reward` block and the recommended twohot range."""
+    stats = tally.statistics()
+    stats["labels_total"] = float(sum(s["reward_total"] for s in per_video.values()))
+    stats["covered_min"], stats["covered_max"] = reward_range_to_cover(stats, per_video, death_penalty)
+    twohot_range = recommended_twohot_range(stats["covered_min"], stats["covered_max"])
+    # Unreachable while every reward is checked to fit float32; kept as the last line of defence
+    # against a NaN model trained on an infinite range.
+    if not (np.isfinite(stats["total"]) and np.isfinite(twohot_range).all()):
+        raise DataError(f"{latents_dir}: reward total {stats['total']} or twohot range {twohot_range} is not finite")
+    return stats, twohot_range
+
+
+def _warn_dropped(dropped: dict, max_carry_frames: int, warn: Callable[[str], None]) -> None:
+    if dropped["events"]:
+        warn(
+            f"{dropped['events']} reward/death event(s) on frames without a latent were dropped, not carried "
+            f"(reward {dropped['reward']:.6g}, {dropped['deaths']} death(s)): {dropped['before']['events']} before "
+            f"the first latent frame, {dropped['after']['events']} after the last, {dropped['long_gap']['events']} "
+            f"inside gaps longer than --max-carry-frames {max_carry_frames}; in {len(dropped['videos'])} "
+            f"video(s): {dropped['videos'][:5]} (report: dropped, per_video.<id>.dropped)"
+        )
+
+
+def _write_prepared(
+    output: Path,
+    overwrite: bool,
+    splits: dict[str, list[str]],
+    action_space: dict[str, dict],
+    state_size: int,
+    import_one: Callable[[str], VideoFrames],
+    finish: Callable[[dict[str, dict], RewardTally, tuple[int, int, int]], tuple[DatasetSchema, dict]],
+    progress: bool,
+    warn: Callable[[str], None],
+) -> dict:
+    """The part both input paths share: import the videos one at a time (`import_one`) straight into their
+    split's shards, then `finish(per_video, tally)` gives the schema and the report, which are written beside
+    the splits (`latent_shape`: the videos' `(C, H, W)`); the folder is checked with `datasets.load_from_disk` and moved into place (`data.staging`).
+    Returns the report."""
+    import datasets
+    from datasets import DatasetInfo
+    from tqdm.auto import tqdm
+
+    split_of = {video_id: name for name, ids in splits.items() for video_id in ids}
     per_video: dict[str, dict] = {}
     tally = RewardTally()
-    missing_keys: Counter = Counter()
-    keys_seen: set[str] = set()
     try:
         with StagedDirectory(output, replace=overwrite) as stage:
             writers: dict[str, SplitWriter] = {}
             features = None
+            latent_shape = None
             try:
-                for video_id in tqdm(paired, desc="prepare", unit="video", disable=not progress):
-                    video = import_video(
-                        video_id,
-                        latents_dir / f"{video_id}.npz",
-                        features_dir / video_id / "features.json",
-                        action_space,
-                        action_keys,
-                        reward_spec,
-                        latent_shape,
-                        max_frame_gap,
-                        max_carry_frames=max_carry_frames,
-                        max_uncovered_fraction=max_uncovered_fraction,
-                        allow_truncated_latents=allow_truncated_latents,
-                    )
+                for video_id in tqdm(sorted(split_of), desc="prepare", unit="video", disable=not progress):
+                    video = import_one(video_id)
                     for message in video.warnings:
                         warn(message)
                     if features is None:
                         latent_shape = tuple(int(d) for d in video.latents.shape[1:])
-                        features = dataset_features(int(np.prod(latent_shape)), action_space)
+                        features = dataset_features(int(np.prod(latent_shape)), action_space, state_size)
                         writers = {name: SplitWriter(stage.path / name, features, MAX_SHARD_BYTES) for name in SPLITS}
                     writers[split_of[video_id]].write(video_table(video, features))
                     tally.add(video.reward)
-                    keys_seen.update(video.stats.pop("keys_seen"))
-                    missing_keys.update(video.stats["missing_keys"])
                     per_video[video_id] = video.stats
                     del video  # its latents go before the next video's are read
             except BaseException:
@@ -523,63 +802,13 @@ def prepare(
                     writer.close()
                 raise
 
-            key_warnings, errors = _missing_key_findings(
-                per_video, missing_keys, keys_seen, action_space, action_keys, explicit_action_space, features_dir
-            )
-            if errors:
-                raise DataError("\n".join(errors))
-            health_bar_fallback, death_warnings = _death_findings(per_video)
-            for message in key_warnings + death_warnings:
-                warn(message)
-            mismatches = {
-                video_id: s["header_video_id"] for video_id, s in per_video.items() if s["header_video_id"] not in (None, video_id)
-            }
-            if mismatches:
-                warn(f"{len(mismatches)} features.json header video_id(s) differ from their folder name: {mismatches}")
-            dropped = _dropped_summary(per_video)
-            if dropped["events"]:
-                warn(
-                    f"{dropped['events']} reward/death event(s) on frames without a latent were dropped, not carried "
-                    f"(reward {dropped['reward']:.6g}, {dropped['deaths']} death(s)): {dropped['before']['events']} before "
-                    f"the first latent frame, {dropped['after']['events']} after the last, {dropped['long_gap']['events']} "
-                    f"inside gaps longer than --max-carry-frames {max_carry_frames}; in {len(dropped['videos'])} "
-                    f"video(s): {dropped['videos'][:5]} (report: dropped, per_video.<id>.dropped)"
-                )
-
-            stats = tally.statistics()
-            stats["labels_total"] = float(sum(s["reward_total"] for s in per_video.values()))
-            stats["covered_min"], stats["covered_max"] = reward_range_to_cover(stats, per_video, reward_spec.death_penalty)
-            twohot_range = recommended_twohot_range(stats["covered_min"], stats["covered_max"])
-            # Unreachable while every reward is checked to fit float32; kept as the last line of defence
-            # against a NaN model trained on an infinite range.
-            if not (np.isfinite(stats["total"]) and np.isfinite(twohot_range).all()):
-                raise DataError(
-                    f"{latents_dir}: reward total {stats['total']} or twohot range {twohot_range} is not finite"
-                )
-            schema = DatasetSchema(
-                latent_shape=latent_shape,
-                action_space=action_space,
-                reward_spec=reward_spec,
-                recommended_twohot_range=twohot_range,
-                # The covered range, not the rows' extremes: the value range (imagination) is built from it.
-                reward_min=stats["covered_min"],
-                reward_max=stats["covered_max"],
-                action_keys=action_keys,
-            )
+            schema, report = finish(per_video, tally, latent_shape)
             for name in SPLITS:
                 writers[name].finish(DatasetInfo(description=schema.to_json(), features=features), name)
             # What `DatasetDict.save_to_disk` writes at the top (the list of splits).
             (stage.path / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}))
             _check_written(stage.path, {name: writers[name].rows for name in SPLITS}, features, datasets)
             (stage.path / SCHEMA_FILE).write_text(schema.to_json())
-            report = _report(
-                inputs={"latents_dir": str(latents_dir), "features_dir": str(features_dir)},
-                splits=splits, without_features=without_features, without_latents=without_latents,
-                per_video=per_video, reward_stats=stats, missing_keys=missing_keys, dropped=dropped,
-                health_bar_fallback=health_bar_fallback, schema=schema, mismatches=mismatches, warnings=warnings,
-                max_carry_frames=max_carry_frames, max_uncovered_fraction=max_uncovered_fraction,
-                allow_truncated_latents=allow_truncated_latents,
-            )
             (stage.path / REPORT_FILE).write_text(json.dumps(report, indent=1))
             stage.commit()
     except OSError as error:
@@ -693,6 +922,107 @@ def _report(
     }
 
 
+def _tables_report(
+    *,
+    inputs: dict,
+    splits: dict[str, list[str]],
+    validation_videos: list[str] | None,
+    without_table: list[str],
+    without_latents: list[str],
+    per_video: dict[str, dict],
+    reward_stats: dict,
+    dropped: dict,
+    outside: dict,
+    timing: dict,
+    schema: DatasetSchema,
+    mapping: Mapping,
+    warnings: list[str],
+    max_carry_frames: int,
+    max_uncovered_fraction: float,
+    allow_truncated_latents: bool,
+) -> dict:
+    """`prepare_report.json` of the table + event path (docs/data.md lists its fields)."""
+
+    def total(key: str) -> int:
+        return int(sum(s[key] for s in per_video.values()))
+
+    def add(parts: list[dict]) -> dict:
+        """Sum nested dicts of numbers (the per-video term and component blocks) key by key."""
+        out: dict = {}
+        for part in parts:
+            for key, value in part.items():
+                if isinstance(value, dict):
+                    out[key] = add([out.get(key, {}), value])
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out[key] = out.get(key, 0) + value
+                else:
+                    out[key] = value
+        return out
+
+    terms = {name: add([s["reward_terms"][name] for s in per_video.values()]) for name in mapping.rewards}
+    actions = {name: add([s["actions"][name] for s in per_video.values()]) for name in mapping.actions}
+    for name, term in mapping.rewards.items():  # offsets are settings, not counts
+        terms[name]["offset"] = term.offset
+    for name, component in mapping.actions.items():
+        actions[name]["offset"] = component.offset
+    null_readings: Counter = Counter()
+    for s in per_video.values():
+        null_readings.update(s["null_readings"])
+    events = {
+        "read": int(sum((s["events"] or {}).get("read", 0) for s in per_video.values())),
+        "mapped": int(sum((s["events"] or {}).get("mapped", 0) for s in per_video.values())),
+        "outside_video": outside,
+    }
+    frames = {name: int(sum(per_video[v]["frames"] for v in splits[name])) for name in SPLITS}
+    state = {
+        "names": mapping.state_names,
+        "known_fraction": {
+            name: float(sum(s["state_known_fraction"][name] * s["frames"] for s in per_video.values()) / max(total("frames"), 1))
+            for name in mapping.state
+        },
+    }
+    return {
+        "inputs": inputs,
+        "videos": {"total": len(per_video), **{name: splits[name] for name in SPLITS},
+                   "validation_chosen_by": "name" if validation_videos else "fraction"},
+        "videos_without_table": without_table,
+        "videos_without_latents": without_latents,
+        "frames": {
+            "total": total("frames"), **frames,
+            "table_rows": total("table_rows"),
+            "without_latent": total("frames_without_latent"),
+            "without_table": total("frames_without_table"),
+            "without_action": total("frames_without_action"),
+        },
+        "gaps": total("gaps"),
+        "deaths": {"total": total("deaths"), "kept": total("deaths_kept"), "merged_onto_one_frame": total("merged_deaths")},
+        "reward_terms": terms,
+        "actions": actions,
+        "state": state,
+        "events": events,
+        "null_readings": dict(sorted(null_readings.items())),
+        "max_carry_frames": max_carry_frames,
+        "carried": {
+            "events": total("carried_events"),
+            "reward": float(sum(s["carried_reward"] for s in per_video.values())),
+            "deaths": total("carried_deaths"),
+        },
+        "dropped": dropped,
+        "truncated_latents": {
+            "videos": sorted(video_id for video_id, s in per_video.items() if s["coverage"]["truncated"]),
+            "max_uncovered_fraction": max_uncovered_fraction,
+            "allowed": allow_truncated_latents,
+        },
+        "reward": reward_stats,
+        "recommended_twohot_range": list(schema.recommended_twohot_range),
+        "timing": timing,
+        "tokenizer": schema.tokenizer,
+        "schema": json.loads(schema.to_json()),
+        "warnings": warnings,
+        "per_video": per_video,
+    }
+
+
 def parse_action_space(text: str) -> tuple[dict[str, dict], dict[str, str]]:
     """`--action-space`: JSON (inline or a file path) -> `(action_space, action_keys)`.
 
@@ -733,18 +1063,32 @@ def parse_action_space(text: str) -> tuple[dict[str, dict], dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--latents-dir", required=True, help="folder of <video_id>.npz packed latents")
-    parser.add_argument("--features-dir", required=True, help="folder of <video_id>/features.json")
+    parser.add_argument("--features-dir", help="folder of <video_id>/features.json (or give --tables-dir)")
+    parser.add_argument("--tables-dir", help="folder of per-frame tables <video_id>.parquet/.jsonl/.csv (with --mapping)")
+    parser.add_argument("--events-dir", help="folder of event streams <video_id>.jsonl (with --tables-dir)")
+    parser.add_argument("--mapping", help="the mapping file (YAML) of --tables-dir: rewards, actions, offsets, state")
     parser.add_argument("--output", required=True, help="output folder (DatasetDict + report)")
-    parser.add_argument("--validation-fraction", type=float, default=0.1)
+    parser.add_argument("--validation-fraction", type=float, default=None, help="share of whole videos in validation (default 0.1)")
+    parser.add_argument(
+        "--validation-videos", nargs="+", metavar="ID",
+        help="the validation videos by id, or @FILE with one id per line (instead of --validation-fraction)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
-    parser.add_argument("--gold-scale", type=float, default=RewardSpec.gold_scale)
-    parser.add_argument("--death-penalty", type=float, default=RewardSpec.death_penalty)
-    parser.add_argument("--death-min-frames", type=int, default=RewardSpec.death_min_frames)
+    parser.add_argument("--gold-scale", type=float, default=None, help=f"features.json only (default {RewardSpec.gold_scale})")
+    parser.add_argument("--death-penalty", type=float, default=None, help=f"features.json only (default {RewardSpec.death_penalty})")
+    parser.add_argument("--death-min-frames", type=int, default=None, help=f"features.json only (default {RewardSpec.death_min_frames})")
     parser.add_argument("--latent-shape", type=int, nargs=3, metavar=("C", "H", "W"), help="declared latent shape")
     parser.add_argument(
         "--action-space",
-        help='JSON or a JSON file: {"movement": {"type": "categorical", "n": 18, "key": "movement_slice"}, '
+        help='features.json only: JSON or a JSON file: {"movement": {"type": "categorical", "n": 18, "key": "movement_slice"}, '
         '"ability_q": {"type": "binary"}, ...} ("key" defaults to the component name)',
+    )
+    parser.add_argument("--tokenizer-name", help="the tokenizer that made the latents, recorded in the schema (with --tokenizer-hash)")
+    parser.add_argument("--tokenizer-hash", help="its hash (e.g. the commit or a checksum of its weights)")
+    parser.add_argument(
+        "--timing-offsets", type=int, nargs=2, metavar=("LOW", "HIGH"), default=None,
+        help=f"tables only: the frame offsets the timing diagnostic scores (default {DEFAULT_TIMING_OFFSETS[0]} "
+        f"{DEFAULT_TIMING_OFFSETS[1]})",
     )
     parser.add_argument(
         "--max-frame-gap", type=int, default=DEFAULT_MAX_FRAME_GAP,
@@ -768,10 +1112,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset (only once the new one is complete)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        reward_spec = RewardSpec(args.gold_scale, args.death_penalty, args.death_min_frames)
-    except ValueError as error:
-        parser.error(str(error))
+    tables = args.tables_dir is not None
+    if tables == (args.features_dir is not None):
+        parser.error("give exactly one of --features-dir (features.json) or --tables-dir (tables + --mapping)")
+    if tables:
+        if args.mapping is None:
+            parser.error("--tables-dir needs --mapping (the mapping file: rewards, actions, offsets, state)")
+        given = [f"--{name.replace('_', '-')}" for name in ("gold_scale", "death_penalty", "death_min_frames", "action_space")
+                 if getattr(args, name) is not None]
+        if given:
+            parser.error(f"{', '.join(given)} apply to --features-dir only; with --tables-dir the mapping file declares them")
+    else:
+        given = [flag for flag, value in (("--events-dir", args.events_dir), ("--mapping", args.mapping),
+                                          ("--timing-offsets", args.timing_offsets)) if value is not None]
+        if given:
+            parser.error(f"{', '.join(given)} apply to --tables-dir only")
+        try:
+            reward_spec = RewardSpec(
+                *(RewardSpec.__dataclass_fields__[name].default if getattr(args, name) is None else getattr(args, name)
+                  for name in ("gold_scale", "death_penalty", "death_min_frames"))
+            )
+        except ValueError as error:
+            parser.error(str(error))
+    if args.validation_videos and args.validation_fraction is not None:
+        parser.error("give --validation-videos or --validation-fraction, not both")
+    if (args.tokenizer_name is None) != (args.tokenizer_hash is None):
+        parser.error("--tokenizer-name and --tokenizer-hash go together (a name alone cannot tell a retrained tokenizer)")
+    if args.timing_offsets is not None and args.timing_offsets[0] > args.timing_offsets[1]:
+        parser.error(f"--timing-offsets LOW HIGH needs LOW <= HIGH, got {args.timing_offsets}")
     if args.max_frame_gap < 1:
         parser.error(f"--max-frame-gap must be >= 1, got {args.max_frame_gap}")
     if args.max_carry_frames < 0:
@@ -784,16 +1152,10 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("data.prepare: warning: %(message)s"))
     logger.addHandler(handler)
     try:
-        action_space, action_keys = parse_action_space(args.action_space) if args.action_space else (None, None)
-        report = prepare(
-            args.latents_dir,
-            args.features_dir,
-            args.output,
-            validation_fraction=args.validation_fraction,
+        common = dict(
+            validation_fraction=0.1 if args.validation_fraction is None else args.validation_fraction,
+            validation_videos=read_video_list(args.validation_videos) if args.validation_videos else None,
             seed=args.seed,
-            reward_spec=reward_spec,
-            action_space=action_space,
-            action_keys=action_keys,
             latent_shape=tuple(args.latent_shape) if args.latent_shape else None,
             overwrite=args.overwrite,
             progress=not args.no_progress,
@@ -801,7 +1163,19 @@ def main(argv: list[str] | None = None) -> int:
             max_carry_frames=args.max_carry_frames,
             max_uncovered_fraction=args.max_uncovered_fraction,
             allow_truncated_latents=args.allow_truncated_latents,
+            tokenizer={"name": args.tokenizer_name, "hash": args.tokenizer_hash} if args.tokenizer_name else None,
         )
+        if tables:
+            report = prepare_tables(
+                args.latents_dir, args.tables_dir, args.output, args.mapping, events_dir=args.events_dir,
+                timing_offsets=tuple(args.timing_offsets) if args.timing_offsets else DEFAULT_TIMING_OFFSETS, **common,
+            )
+        else:
+            action_space, action_keys = parse_action_space(args.action_space) if args.action_space else (None, None)
+            report = prepare(
+                args.latents_dir, args.features_dir, args.output, reward_spec=reward_spec, action_space=action_space,
+                action_keys=action_keys, **common,
+            )
     except DataError as error:
         print(f"data.prepare: error: {error}", file=sys.stderr)
         return 1
@@ -816,6 +1190,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['dropped']['events']} dropped events, "
         f"twohot range {report['recommended_twohot_range']}"
     )
+    if tables:
+        from data.timing import format_table
+
+        print(format_table(report["timing"]))
     return 0
 
 

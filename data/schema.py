@@ -13,9 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from modeling_dreamer.errors import DataError
+
 SCHEMA_FILE = "dreamer_schema.json"
 REPORT_FILE = "prepare_report.json"
-SCHEMA_VERSION = 1
+# 2: optional `state_names`, `tokenizer`, `label_mapping`, and a reward spec of mapped terms (a version-1
+# schema reads as before: the new fields default to "none").
+SCHEMA_VERSION = 2
 
 
 # The one definition of the action space is `modeling_dreamer.action_space` (standard library only,
@@ -40,7 +44,7 @@ def default_action_keys(action_space: dict[str, dict]) -> dict[str, str]:
 
 
 # Dataset columns that an action component cannot be named after.
-RESERVED_COLUMNS = frozenset({"video_id", "frame_index", "latents", "reward", "death", "has_action"})
+RESERVED_COLUMNS = frozenset({"video_id", "frame_index", "latents", "reward", "death", "has_action", "state", "state_mask"})
 
 
 def validate_action_space(action_space: dict[str, dict]) -> None:
@@ -79,11 +83,46 @@ class RewardSpec:
             death, np.float64
         )
 
+    def describe(self) -> str:
+        return f"{self.gold_scale} x gold gained + {self.death_penalty} x death"
 
-def symlog(x: np.ndarray | float) -> np.ndarray:
-    """sign(x) * log(1 + |x|), the space the model's twohot bins live in."""
-    x = np.asarray(x, np.float64)
-    return np.sign(x) * np.log1p(np.abs(x))
+
+@dataclass(frozen=True)
+class MappedRewardSpec:
+    """The reward of a dataset prepared from tables and events: the mapping file's reward terms
+    (`data.mapping.RewardTerm`, as JSON: `{name: {"kind", "offset", "column", "scale", ...}}`); the reward of a
+    frame is the sum of its terms after offsets and carrying (docs/data.md)."""
+
+    terms: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        parts = []
+        for name, term in self.terms.items():
+            shift = f" (offset {term['offset']:+d})" if term.get("offset") else ""
+            if term["kind"] == "increase":
+                parts.append(f"{term['scale']} x increase of {term['column']}{shift}")
+            elif term["kind"] == "event":
+                parts.append(f"{term['value']} x {name} event{shift}")
+            else:
+                parts.append(f"{term['penalty']} x death from {term['column']}{shift}")
+        return " + ".join(parts) or "no reward terms"
+
+
+def check_tokenizer(tokenizer: object) -> dict[str, str]:
+    """`tokenizer` if it is `{"name": str, "hash": str}` (the identity of the tokenizer that made the latents),
+    else DataError."""
+    if (not isinstance(tokenizer, dict) or set(tokenizer) != {"name", "hash"}
+            or not all(isinstance(v, str) and v for v in tokenizer.values())):
+        raise DataError(f"tokenizer identity must be {{'name': str, 'hash': str}} (both non-empty), got {tokenizer!r}")
+    return tokenizer
+
+
+def symlog(x: np.ndarray | float) -> np.ndarray | float:
+    """sign(x) * log(1 + |x|), the space the model's twohot bins live in (`modeling_dreamer.symlog`, the one
+    definition; kept importable from here for the data layer's users)."""
+    from modeling_dreamer.symlog import symlog as shared_symlog
+
+    return shared_symlog(x)
 
 
 def recommended_twohot_range(reward_min: float, reward_max: float) -> tuple[float, float]:
@@ -91,10 +130,12 @@ def recommended_twohot_range(reward_min: float, reward_max: float) -> tuple[floa
 
     The range always contains 0 (most frames have no reward) and is padded by 10% of its span on
     each side (at least 0.5), then rounded outwards to 0.1, so every observed reward lands strictly
-    inside and the 255 bins are spent on values that occur (code review item 4). Rewards of
-    [-10, 4] give (-2.9, 2.2) instead of DreamerV3's generic (-20, 20).
+    inside and the 255 bins are spent on values that occur (a generic range leaves most bins unused).
+    Rewards of [-10, 4] give (-2.9, 2.2) instead of DreamerV3's generic (-20, 20).
     """
-    low, high = float(min(symlog(reward_min), 0.0)), float(max(symlog(reward_max), 0.0))
+    from modeling_dreamer.symlog import symlog  # the model's own definition (imports neither torch nor numpy)
+
+    low, high = float(min(symlog(float(reward_min)), 0.0)), float(max(symlog(float(reward_max)), 0.0))
     pad = max(0.1 * (high - low), 0.5)
     return float(np.floor((low - pad) * 10) / 10), float(np.ceil((high + pad) * 10) / 10)
 
@@ -103,24 +144,37 @@ def recommended_twohot_range(reward_min: float, reward_max: float) -> tuple[floa
 class DatasetSchema:
     """Everything a consumer needs to interpret a prepared dataset.
 
-    `latent_shape` is `(C, H, W)`; `action_space` the ordered dict of `modeling_dreamer.action_space`; `action_keys` the
-    features.json key of each component; `recommended_twohot_range` is `(low, high)` in symlog
+    `latent_shape` is `(C, H, W)`; `action_space` the ordered dict of `modeling_dreamer.action_space` (with each
+    component's `role` and, for binned components, `meaning`); `action_keys` the features.json key of each component
+    (tables: a description of its source); `recommended_twohot_range` is `(low, high)` in symlog
     space (the model's `bins_low`/`bins_high`); `reward_min`/`reward_max` are raw rewards.
+    `state_names`: the S entries of the per-frame state vector (columns `state`, `state_mask`), empty without one;
+    `tokenizer`: `{"name", "hash"}` of the tokenizer that made the latents, or None; `label_mapping`: the mapping
+    file the labels were read with (tables and events), or None.
     """
 
     latent_shape: tuple[int, int, int]
     action_space: dict[str, dict] = field(default_factory=default_action_space)
-    reward_spec: RewardSpec = field(default_factory=RewardSpec)
+    reward_spec: RewardSpec | MappedRewardSpec = field(default_factory=RewardSpec)
     recommended_twohot_range: tuple[float, float] = (-1.0, 1.0)
     reward_min: float = 0.0
     reward_max: float = 0.0
     action_keys: dict[str, str] | None = None
+    state_names: list[str] = field(default_factory=list)
+    tokenizer: dict[str, str] | None = None
+    label_mapping: dict | None = None
 
     def __post_init__(self) -> None:
         self.latent_shape = tuple(int(d) for d in self.latent_shape)
         self.recommended_twohot_range = tuple(float(v) for v in self.recommended_twohot_range)
         if isinstance(self.reward_spec, dict):
-            self.reward_spec = RewardSpec(**self.reward_spec)
+            spec = self.reward_spec
+            self.reward_spec = MappedRewardSpec(**spec) if "terms" in spec else RewardSpec(**spec)
+        self.state_names = [str(name) for name in (self.state_names or [])]
+        if len(set(self.state_names)) != len(self.state_names):
+            raise DataError(f"schema: state_names has duplicates: {self.state_names}")
+        if self.tokenizer is not None:
+            self.tokenizer = check_tokenizer(self.tokenizer)
         if self.action_keys is None:
             self.action_keys = default_action_keys(self.action_space)
         validate_action_space(self.action_space)
@@ -149,7 +203,7 @@ def load_prepared(path: str | Path) -> tuple["datasets.DatasetDict", DatasetSche
     `data.prepare` publishes the folder only once it is complete (`data.staging`), so a folder
     without `dataset_dict.json` was not written by it: FileNotFoundError, with a hint when an
     interrupted run left the previous dataset aside. A folder whose splits do not load or do not
-    match its schema raises ValueError naming the folder.
+    match its schema raises DataError naming the folder.
     """
     import datasets
 
@@ -170,7 +224,7 @@ def load_prepared(path: str | Path) -> tuple["datasets.DatasetDict", DatasetSche
     try:
         dataset_dict = datasets.load_from_disk(str(path))
     except Exception as error:  # datasets raises many types here (FileNotFoundError, ArrowInvalid, JSON errors)
-        raise ValueError(f"{path}: the prepared dataset does not load ({type(error).__name__}: {error})") from error
+        raise DataError(f"{path}: the prepared dataset does not load ({type(error).__name__}: {error})") from error
     schema_path = path / SCHEMA_FILE
     if schema_path.exists():
         schema = DatasetSchema.from_json(schema_path.read_text())
@@ -181,16 +235,25 @@ def load_prepared(path: str | Path) -> tuple["datasets.DatasetDict", DatasetSche
 
 
 def _check_against_schema(path: Path, dataset_dict: "datasets.DatasetDict", schema: DatasetSchema) -> None:  # noqa: F821
-    """Raise ValueError unless every split has the columns and latent length the schema describes."""
+    """Raise DataError unless every split has the columns and latent length the schema describes."""
     for name, split in dataset_dict.items():
         features = split.features
         expected = ["video_id", "frame_index", "latents", "reward", "death", *schema.action_space, "has_action"]
+        if schema.state_names:
+            expected += ["state", "state_mask"]
         absent = [column for column in expected if column not in features]
         if absent:
-            raise ValueError(f"{path}: split '{name}' lacks the column(s) {absent} its schema describes")
+            raise DataError(f"{path}: split '{name}' lacks the column(s) {absent} its schema describes")
+        for column in ("state", "state_mask") if schema.state_names else ():
+            length = getattr(features[column], "length", None)
+            if length != len(schema.state_names):
+                raise DataError(
+                    f"{path}: split '{name}' stores {length} '{column}' values per frame, but the schema names "
+                    f"{len(schema.state_names)} state entries {schema.state_names}"
+                )
         length = getattr(features["latents"], "length", None)
         if length != schema.latent_size:
-            raise ValueError(
+            raise DataError(
                 f"{path}: split '{name}' stores {length} latent values per frame, but the schema's latent "
                 f"shape {schema.latent_shape} has {schema.latent_size}"
             )

@@ -2,7 +2,8 @@
 
 A window never crosses a video boundary or a gap in frame numbers (docs/data.md), so the
 frame numbers inside a window are `f, f+1, ..., f+T-1` and every reward and action in it belongs
-to the frame number beside it (code review item 7: array positions never leave this module).
+to the frame number beside it (array positions never leave this module: a reward read by position drifts off its
+frame wherever latents are missing).
 
 Memory: the latents stay in the memory-mapped Arrow files (only the page cache grows); the small
 per-frame columns (frame number, video, reward, death, actions: about 25 bytes per frame) are held
@@ -30,9 +31,9 @@ class WindowDataset:
 
     `ds[i]` and `ds[(i, source)]` return a dict of numpy arrays:
     `latents (T, C, H, W) float16`, `reward (T,) float32`, `death (T,) bool`, one `(T,)` array per
-    action component (int64 categorical, bool binary), `has_action (T,) bool`,
-    `frame_index (T,) int32`, `video_id str`, `source int` (0 uniform, 1 relevant),
-    `window_index int`.
+    action component (int64 categorical, bool binary), `has_action (T,) bool`, `terminated (T,) bool` (an
+    episode's terminal frame; all False without the column), `frame_index (T,) int32`, `video_id str`,
+    `source int` (0 uniform, 1 relevant), `window_index int`.
     """
 
     def __init__(
@@ -63,6 +64,10 @@ class WindowDataset:
         self.death = table.column("death").to_numpy(zero_copy_only=False)
         self.actions = {name: table.column(name).to_numpy(zero_copy_only=False) for name in self.schema.action_space}
         self.has_action = table.column("has_action").to_numpy(zero_copy_only=False)
+        # Episodes that end (recorded environments): the terminal frame of each episode. Datasets without the
+        # column (recordings of matches, the user's videos) never end an episode inside a window.
+        self.terminated = (table.column("terminated").to_numpy(zero_copy_only=False) if "terminated" in table.column_names
+                           else np.zeros(len(self.frame_index), bool))
 
         rows = len(self.frame_index)
         run_breaks = np.ones(rows, bool)
@@ -77,8 +82,8 @@ class WindowDataset:
             counts = np.concatenate([[0], np.cumsum(frames)])
             return counts[self.window_starts + T] > counts[self.window_starts]
 
-        self._has_reward = windows_with(self.reward != 0)
-        self._has_gain, self._has_penalty = windows_with(self.reward > 0), windows_with(self.reward < 0)
+        # Reward-relevant: a nonzero reward, or an episode's end (what a continuation head must learn).
+        self._has_reward = windows_with((self.reward != 0) | self.terminated)
 
     def _map_latents(self) -> None:
         """Per Arrow chunk, a zero-copy `(rows, C, H, W)` float16 view into the memory map."""
@@ -108,20 +113,14 @@ class WindowDataset:
 
         digest = hashlib.sha256(repr((self.schema.latent_shape, self.window_length, self.stride)).encode())
         for values in (self.frame_index, self.video_code, self.reward, self.death, self.has_action,
-                       *self.actions.values(), self.window_starts):
+                       *self.actions.values(), self.window_starts, *([self.terminated] if self.terminated.any() else [])):
             digest.update(np.ascontiguousarray(values).tobytes())
         digest.update("\n".join(self.video_names).encode())
         return digest.hexdigest()[:16]
 
     def relevant_windows(self) -> np.ndarray:
-        """Indices of the windows that contain a nonzero reward, `(K,)` int64 ascending."""
+        """Indices of the windows that contain a nonzero reward or an episode's end, `(K,)` int64 ascending."""
         return np.flatnonzero(self._has_reward)
-
-    def relevant_windows_by_sign(self) -> list[np.ndarray]:
-        """The relevant windows as two groups, those with a positive reward and those with a negative one
-        (a window with both is in both); a group with no window is left out."""
-        groups = [np.flatnonzero(self._has_gain), np.flatnonzero(self._has_penalty)]
-        return [group for group in groups if len(group)]
 
     def _latents(self, start: int, length: int) -> np.ndarray:
         chunk = int(np.searchsorted(self._chunk_starts, start, side="right")) - 1
@@ -149,6 +148,7 @@ class WindowDataset:
             "death": self.death[rows].copy(),
             **{name: values[rows].copy() for name, values in self.actions.items()},
             "has_action": self.has_action[rows].copy(),
+            "terminated": self.terminated[rows].copy(),
             "frame_index": self.frame_index[rows].copy(),
             "video_id": self.video_names[self.video_code[start]],
             "source": int(source),
@@ -160,11 +160,13 @@ def collate_windows(items: list[dict]) -> dict:
     """DataLoader `collate_fn`: stack windows into torch tensors with their dtypes kept.
 
     Arrays become `(B, T, ...)` tensors (latents stay float16 until the model casts them);
-    `source` and `window_index` become `(B,)` int64; `video_id` stays a list of str.
+    `source` and `window_index` become `(B,)` int64; `video_id` stays a list of str. `sources` keeps the draw
+    sources as a tuple of ints on the host as well (Accelerate moves tensors to the device, not tuples), so a
+    stage can route examples without reading the device.
     """
     import torch
 
-    batch: dict = {}
+    batch: dict = {"sources": tuple(int(item["source"]) for item in items)}
     for key, value in items[0].items():
         if key == "video_id":
             batch[key] = [item[key] for item in items]

@@ -10,7 +10,7 @@ from typing import Any
 from transformers import PretrainedConfig
 from transformers.utils import logging
 
-from .action_space import default_action_space, validate_action_space
+from .action_space import default_action_space, input_components, target_components, validate_action_space
 
 logger = logging.get_logger(__name__)
 
@@ -69,6 +69,8 @@ class DreamerConfig(PretrainedConfig):
             frames' rewards); ``None``: the reward range.
         use_behavior_prior: the agent carries a frozen copy of its behaviour-cloned policy head
             (``prior_policy_head``), the prior of imagination training (phase 3).
+        continuation_head: the agent predicts whether the episode goes on after each frame (``continue_logits``),
+            for environments whose episodes end; imagination's returns stop at predicted ends.
 
     The earlier names ``attn_logit_softcap`` and ``agent_tokens_per_frame`` are accepted (keyword or
     saved ``config.json``) and read/write the fields above.
@@ -110,6 +112,7 @@ class DreamerConfig(PretrainedConfig):
         value_bins_low: float | None = None,
         value_bins_high: float | None = None,
         use_behavior_prior: bool = False,
+        continuation_head: bool = False,
         **kwargs: Any,
     ) -> None:
         for old, new in RENAMED_FIELDS.items():
@@ -151,6 +154,7 @@ class DreamerConfig(PretrainedConfig):
         self.value_bins_low = value_bins_low
         self.value_bins_high = value_bins_high
         self.use_behavior_prior = use_behavior_prior
+        self.continuation_head = continuation_head
         super().__init__(**kwargs)
         # AutoModel maps this config to a tuple of classes and picks one by `architectures`;
         # transformers iterates that field without a None check, so it stays a list ([] = none).
@@ -217,6 +221,16 @@ class DreamerConfig(PretrainedConfig):
         low = self.bins_low if self.value_bins_low is None else self.value_bins_low
         high = self.bins_high if self.value_bins_high is None else self.value_bins_high
         return low, high
+
+    @property
+    def input_space(self) -> dict[str, dict[str, Any]]:
+        """The action components the world model embeds (role ``input`` or ``both``), in order."""
+        return input_components(self.action_space)
+
+    @property
+    def policy_space(self) -> dict[str, dict[str, Any]]:
+        """The action components the policy head predicts (role ``target`` or ``both``), in order."""
+        return target_components(self.action_space)
 
     @property
     def head_dim(self) -> int:

@@ -1,8 +1,8 @@
 """The output distributions of the agent heads: symlog twohot (reward, value) and the factorised policy.
 
-What a model user needs to read the heads: no loss, no training state. The losses built on these
-live in :mod:`modeling_dreamer.objectives` (which re-exports the twohot helpers), never imported by
-the model files, so a model saved for remote code ships none of the training code.
+What a model user needs to read the heads: no loss, no training state. The losses built on these live in
+the training package (``training/objectives.py``); the twohot helpers are also public as
+``modeling_dreamer.objectives``.
 
 Policy: one categorical per categorical component (``n`` logits) and one Bernoulli per binary
 component (one logit), as :mod:`.action_space` defines; the policy is their product, so its log
@@ -17,17 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .symlog import symexp, symlog
 from .validation import check_temperature
-
-
-def symlog(x: torch.Tensor) -> torch.Tensor:
-    """``sign(x) * log(1 + |x|)``, elementwise."""
-    return torch.sign(x) * torch.log1p(torch.abs(x))
-
-
-def symexp(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`symlog`: ``sign(x) * (exp(|x|) - 1)``, elementwise."""
-    return torch.sign(x) * torch.expm1(torch.abs(x))
 
 
 def twohot_bins(num_bins: int, low: float, high: float) -> torch.Tensor:
@@ -153,11 +144,6 @@ def policy_log_prob(
     return sum(
         component_log_prob(policy_logits[name], actions[name], spec, name) for name, spec in action_space.items()
     )
-
-
-def policy_entropy(policy_logits: Mapping[str, torch.Tensor], action_space: Mapping[str, Mapping]) -> torch.Tensor:
-    """Entropy ``(...)`` of the factorised policy: the sum of the components' entropies."""
-    return sum(component_entropy(policy_logits[name], spec, name) for name, spec in action_space.items())
 
 
 def policy_sample(

@@ -1,7 +1,8 @@
 """Heads of the agent model, read from the agent hidden state ``h_t (B, T, D)``.
 
 Reward and policy heads predict offsets ``n = 0..L`` (multi-token prediction): output ``[..., n, :]``
-is about frame ``t + n``. The value head predicts one distribution per frame.
+is about frame ``t + n``. The value head predicts one distribution per frame, the continuation head (for
+environments whose episodes end) one Bernoulli logit per frame: that the episode goes on after it.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class DreamerValueHead(nn.Module):
 
 
 class DreamerPolicyHead(nn.Module):
-    """``(B, T, D)`` -> ``{component: (B, T, L + 1, n)}`` logits, in the action space's order.
+    """``(B, T, D)`` -> ``{component: (B, T, L + 1, n)}`` logits of the policy's components (the action space's
+    targets, ``config.policy_space``), in order.
 
     A categorical component of ``n`` classes gives ``n`` softmax logits; a binary component gives
     one Bernoulli logit (``n = 1``).
@@ -79,7 +81,7 @@ class DreamerPolicyHead(nn.Module):
         super().__init__()
         self.num_offsets = config.mtp_length + 1
         self.mlp = DreamerHeadMLP(config)
-        self.sizes = {name: num_logits(spec) for name, spec in config.action_space.items()}
+        self.sizes = {name: num_logits(spec) for name, spec in config.policy_space.items()}
         self.out = nn.ModuleDict(
             {name: nn.Linear(self.mlp.out_features, self.num_offsets * n) for name, n in self.sizes.items()}
         )
@@ -89,3 +91,17 @@ class DreamerPolicyHead(nn.Module):
         return {
             name: self.out[name](features).unflatten(-1, (self.num_offsets, n)) for name, n in self.sizes.items()
         }
+
+
+class DreamerContinueHead(nn.Module):
+    """``(B, T, D)`` -> ``(B, T)`` logits of ``P(the episode continues after frame t)``: 0 where frame ``t`` is
+    terminal (the environment's ``terminated``, never its ``truncated``). Imagination stops its returns where this
+    says the episode ended."""
+
+    def __init__(self, config: DreamerConfig) -> None:
+        super().__init__()
+        self.mlp = DreamerHeadMLP(config)
+        self.out = nn.Linear(self.mlp.out_features, 1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out(self.mlp(hidden)).squeeze(-1)

@@ -35,7 +35,7 @@ from .attention import (
 )
 from .configuration_dreamer import DreamerConfig
 from .distributions import policy_log_prob, policy_sample, twohot_bins, twohot_decode
-from .heads import DreamerPolicyHead, DreamerRewardHead, DreamerValueHead, DreamerZeroLinear
+from .heads import DreamerContinueHead, DreamerPolicyHead, DreamerRewardHead, DreamerValueHead, DreamerZeroLinear
 from .layers import DreamerBlock, DreamerRMSNorm, rotary_tables
 from .validation import (
     check_generator,
@@ -76,6 +76,7 @@ class DreamerAgentOutput(ModelOutput):
     policy_logits: dict[str, torch.Tensor] | None = None  # name -> (B, T, L + 1, n)
     value_logits: torch.Tensor | None = None  # (B, T, num_bins)
     prior_policy_logits: dict[str, torch.Tensor] | None = None  # as policy_logits; with config.use_behavior_prior
+    continue_logits: torch.Tensor | None = None  # (B, T): the episode goes on after frame t; config.continuation_head
     cache: DreamerCache | None = None  # also readable as `past_key_values`
 
     @property
@@ -91,7 +92,8 @@ class ImaginationOutput(ModelOutput):
     before it (the last context frame for ``i = 0``, else generated frame ``i - 1``); ``latents[:, i]``,
     ``rewards[:, i]`` and ``values[:, i + 1]`` belong to the frame generated after ``actions[:, i]``.
     ``agent_hidden[:, i]`` is the agent state at which ``actions[:, i]`` was chosen (``i < N``) and
-    ``agent_hidden[:, N]`` that of the last generated frame.
+    ``agent_hidden[:, N]`` that of the last generated frame. ``continues[:, i]`` (with a continuation head) is the
+    probability that the episode goes on after generated frame ``i``.
     """
 
     latents: torch.Tensor | None = None  # (B, N, C, H, W)
@@ -100,6 +102,7 @@ class ImaginationOutput(ModelOutput):
     rewards: torch.Tensor | None = None  # (B, N) decoded reward head, offset 0
     values: torch.Tensor | None = None  # (B, N + 1) decoded value head
     agent_hidden: torch.Tensor | None = None  # (B, N + 1, D)
+    continues: torch.Tensor | None = None  # (B, N) P(the episode goes on after generated frame i); config.continuation_head
 
 
 # Frames (over the whole batch) that `DreamerAgentModel.commit_frames` feeds per forward pass. Activation memory
@@ -117,7 +120,8 @@ def _concat_frames(pieces: list[DreamerAgentOutput]) -> DreamerAgentOutput:
             return {name: torch.cat([v[name] for v in values], dim=1) for name in values[0]}
         return torch.cat(values, dim=1)
 
-    fields = ("latent_pred", "agent_hidden", "reward_logits", "policy_logits", "value_logits", "prior_policy_logits")
+    fields = ("latent_pred", "agent_hidden", "reward_logits", "policy_logits", "value_logits", "prior_policy_logits",
+              "continue_logits")
     return DreamerAgentOutput(**{name: cat([getattr(p, name) for p in pieces]) for name in fields}, cache=pieces[-1].cache)
 
 
@@ -138,6 +142,16 @@ def _quiet_loading_report() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(report_filter)
+
+
+def add_noise(z: torch.Tensor, tau: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``z_tilde = (1 - tau) * noise + tau * z`` (tau = 1 is clean): how frames are noised in training and how
+    observed frames are corrupted to the context signal level at inference.
+
+    z, noise: ``(B, T, C, H, W)``; tau: ``(B, T)``, broadcast over the latent dims.
+    """
+    tau = tau.reshape(tau.shape + (1,) * (z.dim() - tau.dim())).to(z.dtype)
+    return (1 - tau) * noise + tau * z
 
 
 def shortcut_sample(
@@ -173,9 +187,10 @@ class DreamerActionEmbedding(nn.Module):
 
     def __init__(self, config: DreamerConfig) -> None:
         super().__init__()
-        self.action_space = config.action_space
+        # Only the world model's inputs are embedded (role `input` or `both`); policy-only targets are not.
+        self.action_space = config.input_space
         self.components = nn.ModuleDict(
-            {name: nn.Embedding(num_choices(spec), config.hidden_size) for name, spec in config.action_space.items()}
+            {name: nn.Embedding(num_choices(spec), config.hidden_size) for name, spec in self.action_space.items()}
         )
         self.base = nn.Parameter(torch.zeros(config.hidden_size))
         self.no_action = nn.Parameter(torch.zeros(config.hidden_size))
@@ -531,6 +546,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         "policy_head": "heads",
         "value_head": "heads",
         "prior_policy_head": "heads",
+        "continue_head": "heads",
     }
 
     def __init__(self, config: DreamerConfig) -> None:
@@ -544,6 +560,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         # Imagination training (phase 3) keeps the behaviour-cloned policy as a frozen prior, saved with the
         # model so that a finetuned agent still knows it.
         self.prior_policy_head = DreamerPolicyHead(config) if config.use_behavior_prior else None
+        self.continue_head = DreamerContinueHead(config) if config.continuation_head else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -622,6 +639,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
             policy_logits=self.policy_head(agent_hidden),
             value_logits=self.value_head(agent_hidden),
             prior_policy_logits=self.prior_policy_head(agent_hidden) if self.prior_policy_head is not None else None,
+            continue_logits=self.continue_head(agent_hidden) if self.continue_head is not None else None,
             cache=cache,
         )
 
@@ -658,8 +676,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         b, t = latents.shape[:2]
         level = torch.full((b, t), c.context_tau, device=latents.device)
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        # objectives.add_noise's corruption, written out: the shipped model files leave the training objectives out.
-        observed = (1 - c.context_tau) * noise + c.context_tau * latents
+        observed = add_noise(latents, level, noise)
         step = torch.full_like(level, 1.0 / c.k_max)
         chunk = max(1, frames_per_pass // max(b, 1))
         pieces = []
@@ -730,7 +747,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         cache = out.cache
         hidden = [out.agent_hidden[:, -1]]
         values = [twohot_decode(out.value_logits[:, -1], self.value_bins())]
-        latents, rewards, log_probs, actions = [], [], [], {name: [] for name in c.action_space}
+        latents, rewards, log_probs, actions, continues = [], [], [], {name: [] for name in c.action_space}, []
         reward_bins, value_bins = self.reward_bins(), self.value_bins()
         for _ in range(horizon):
             logits = policy(hidden[-1])
@@ -744,6 +761,8 @@ class DreamerAgentModel(DreamerPreTrainedModel):
             rewards.append(twohot_decode(out.reward_logits[:, -1, 0], reward_bins))
             values.append(twohot_decode(out.value_logits[:, -1], value_bins))
             hidden.append(out.agent_hidden[:, -1])
+            if out.continue_logits is not None:
+                continues.append(torch.sigmoid(out.continue_logits[:, -1].float()))
             for name in actions:
                 actions[name].append(chosen[name])
         return ImaginationOutput(
@@ -753,6 +772,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
             rewards=torch.stack(rewards, dim=1),
             values=torch.stack(values, dim=1),
             agent_hidden=torch.stack(hidden, dim=1),
+            continues=torch.stack(continues, dim=1) if continues else None,
         )
 
     @classmethod

@@ -91,11 +91,14 @@ def check_model_inputs(
     ):
         raise _shape_error(where, "agent_tokens", f"(B, T, A, hidden_size) = ({b}, {t}, A, {c.hidden_size})", agent_tokens)
     if actions is not None:
-        if set(actions) != set(c.action_space):
+        unknown, missing = sorted(set(actions) - set(c.action_space)), sorted(set(c.input_space) - set(actions))
+        if unknown or missing:
             raise ValueError(
-                f"{where}: actions has components {sorted(actions)}, the config's action_space has {sorted(c.action_space)}"
+                f"{where}: actions has components {sorted(actions)}; the config's action_space has "
+                f"{list(c.action_space)}, whose world-model inputs {list(c.input_space)} are all needed "
+                f"(missing {missing}, unknown {unknown})"
             )
-        for name, spec in c.action_space.items():
+        for name, spec in ((n, c.action_space[n]) for n in actions):
             value = actions[name]
             if tuple(value.shape) != (b, t):
                 raise _shape_error(where, f"actions[{name!r}]", bt, value)
@@ -160,7 +163,7 @@ def _value_checks(
             lambda: f"{where}: action_mask must be bool or 0/1, got values in {span(action_mask)}",
         ))
         labeled = action_mask.bool()
-    for name, spec in (c.action_space.items() if actions is not None else ()):
+    for name, spec in ((n, c.action_space[n]) for n in actions) if actions is not None else ():
         value = actions[name]
         if spec["type"] == "categorical":
             n = int(spec["n"])

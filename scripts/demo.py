@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data.synthetic import paired_difference
-from training.stages.agent import PROBE_NOISE_DRAWS
-from demo_evaluation import generation_error, play
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `envs` is a folder of the checkout, not part of the installed package
+
+from envs.pairing import paired_difference  # noqa: E402
+from training.stages.agent import PROBE_NOISE_DRAWS  # noqa: E402
+from demo_evaluation import generation_error, play  # noqa: E402
 
 
 def run(step: str, command: list[str], log: Path) -> float:

@@ -28,7 +28,7 @@ def generation_error(model_dir: Path, dataset: Path, context: int = 8, num_steps
     from data.schema import load_prepared
     from data.windows import WindowDataset, collate_windows
     from modeling_dreamer import DreamerModel
-    from modeling_dreamer.objectives import add_noise
+    from modeling_dreamer.modeling_dreamer import add_noise
 
     model = DreamerModel.from_pretrained(model_dir).eval()
     config = model.config
@@ -73,7 +73,7 @@ class BatchedAgent:
 def play(model_dir: Path, episodes: int = 24, frames: int = 300, seed: int = 0, greedy: bool = False) -> dict[str, float]:
     """The agent's true return in the steppable game (mean over episodes; the scripted player on the same game
     seeds beside it), and its movement agreement with the scripted player."""
-    from data.synthetic import evaluate_policy
+    from envs.coin_evaluation import evaluate_policy
     from modeling_dreamer import DreamerAgent
 
     agent = DreamerAgent.from_pretrained(model_dir, seed=seed)

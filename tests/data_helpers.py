@@ -11,7 +11,8 @@ import pytest
 
 
 def fixtures_dir() -> Path:
-    """`../shared/fixtures` beside the clone, or $DREAMER_FIXTURES; skip the test if absent."""
+    """The real-match fixtures folder (`shared/fixtures` beside the clone), or $DREAMER_FIXTURES; skip the test if
+    absent."""
     candidates = [Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"]
     if os.environ.get("DREAMER_FIXTURES"):
         candidates.insert(0, Path(os.environ["DREAMER_FIXTURES"]))

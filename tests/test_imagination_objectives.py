@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from modeling_dreamer.distributions import twohot_bins, twohot_decode
-from modeling_dreamer.objectives import lambda_returns, pmpo_loss, policy_kl, value_loss
+from training.objectives import lambda_returns, pmpo_loss, policy_kl, value_loss
 
 SPACE = {"move": {"type": "categorical", "n": 3}, "jump": {"type": "binary"}}
 
@@ -210,3 +210,14 @@ def test_two_gloo_processes_compute_the_loss_and_gradient_of_one() -> None:
     single.loss.backward()
     assert (results[0][1] + results[1][1]) / 2 == pytest.approx(float(single.loss), rel=1e-6)
     torch.testing.assert_close(torch.tensor(results[0][2]), logits.grad, atol=1e-7, rtol=1e-6)
+
+
+def test_continuation_loss_targets_the_frames_after_which_the_episode_goes_on() -> None:
+    from training.objectives import continuation_loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    terminated = torch.tensor([[False, False, True]])  # the last frame ends the episode: target 0 there
+    valid = torch.tensor([[True, False, True]])
+    loss, count = continuation_loss(logits, terminated, valid)
+    expected = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0))) / 2  # -log sigmoid(2), -log(1 - sigmoid(-1))
+    assert int(count) == 2 and float(loss) == pytest.approx(expected, rel=1e-6)

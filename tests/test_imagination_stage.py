@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.checkpointing import RunError
+from modeling_dreamer.errors import RunError
 from training.stages.imagination import return_range
 
 IMAGINE = ("--stage", "imagination", "--imagination_horizon", "3", "--imagination_num_steps", "2",

@@ -401,3 +401,20 @@ def test_imagination_and_reset_refuse_bad_arguments_by_name(make_config) -> None
     agent.reset(batch_size=2, task_id=torch.tensor([0, 2]))
     with pytest.raises(TypeError, match="latents must be a torch.Tensor .*torch.from_numpy"):
         agent.act(latents[:, 0].numpy())
+
+
+@torch.no_grad()
+def test_imagination_reads_the_continuation_head_at_each_generated_frame(make_config) -> None:
+    """With a continuation head, `continues[:, i]` is P(the episode goes on after generated frame i): the head of a
+    full forward over [context, generated frames] at those frames."""
+    model = agent_model(make_config, context_signal_level=1.0, continuation_head=True)
+    with torch.no_grad():
+        model.continue_head.out.weight.normal_(std=0.5)
+    x = inputs(2, 3, seed=9)
+    out = model.imagine(x["latents"], x["actions"], 4, num_steps=2, generator=torch.Generator().manual_seed(2))
+    actions = {k: torch.cat([x["actions"][k][:, :-1].to(out.actions[k].dtype), out.actions[k], out.actions[k][:, -1:]],
+                            dim=1) for k in out.actions}
+    level = torch.ones(2, 7)
+    full = model(torch.cat([x["latents"], out.latents], dim=1), level, torch.full_like(level, 1 / 8), actions=actions)
+    torch.testing.assert_close(out.continues, torch.sigmoid(full.continue_logits[:, 3:]), atol=1e-5, rtol=1e-5)
+    assert agent_model(make_config).imagine(x["latents"], x["actions"], 2).continues is None

@@ -1,21 +1,18 @@
-"""symlog / symexp (DESIGN.md section 7), and the objectives on a CUDA device (marked gpu)."""
+"""symlog / symexp, and the objectives on a CUDA device (marked gpu)."""
 
 import math
 
 import pytest
 import torch
 
-from modeling_dreamer.objectives import (
-    RunningRMS,
+from modeling_dreamer.objectives import RunningRMS, symexp, symlog, twohot_bins
+from training.objectives import (
     add_noise,
     bootstrap_target,
     mtp_policy_loss,
     mtp_reward_loss,
     sample_signal_and_step,
     shortcut_forcing_loss,
-    symexp,
-    symlog,
-    twohot_bins,
 )
 
 
@@ -88,6 +85,20 @@ def test_objectives_reexports_the_model_side_twohot_helpers():
         assert getattr(objectives, name) is getattr(distributions, name), name
 
 
+def test_one_symlog_serves_tensors_arrays_and_floats():
+    import numpy as np
+
+    from modeling_dreamer.symlog import symexp as generic_symexp
+    from modeling_dreamer.symlog import symlog as generic_symlog
+
+    values = [-1e6, -10.0, -1.0, 0.0, 0.5, 4.0]
+    expected = [math.copysign(math.log1p(abs(v)), v) for v in values]
+    assert generic_symlog(torch.tensor(values, dtype=torch.float64)).tolist() == pytest.approx(expected)
+    assert generic_symlog(np.array(values)).tolist() == pytest.approx(expected)
+    assert [float(generic_symlog(v)) for v in values] == pytest.approx(expected)
+    assert float(generic_symexp(generic_symlog(-10.0))) == pytest.approx(-10.0)
+
+
 SPACE = {"move": {"type": "categorical", "n": 5}, "jump": {"type": "binary"}}
 
 
@@ -99,7 +110,7 @@ def _policy(seed: int = 0):
 
 
 def test_policy_log_prob_and_entropy_match_torch_distributions():
-    from modeling_dreamer.distributions import component_entropy, component_log_prob, policy_entropy, policy_log_prob
+    from modeling_dreamer.distributions import component_entropy, component_log_prob, policy_log_prob
 
     logits, actions = _policy()
     categorical = torch.distributions.Categorical(logits=logits["move"])
@@ -109,7 +120,7 @@ def test_policy_log_prob_and_entropy_match_torch_distributions():
     torch.testing.assert_close(component_entropy(logits["jump"], SPACE["jump"]), bernoulli.entropy())
     expected = categorical.log_prob(actions["move"]) + bernoulli.log_prob(actions["jump"].float())
     torch.testing.assert_close(policy_log_prob(logits, actions, SPACE), expected)
-    torch.testing.assert_close(policy_entropy(logits, SPACE), categorical.entropy() + bernoulli.entropy())
+    torch.testing.assert_close(component_entropy(logits["move"], SPACE["move"]), categorical.entropy())
     # Extreme Bernoulli logits stay finite.
     assert torch.isfinite(component_entropy(torch.tensor([[-200.0], [200.0]]), SPACE["jump"])).all()
     with pytest.raises(ValueError, match="'move' .* needs logits \\(..., 5\\)"):

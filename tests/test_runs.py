@@ -13,8 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rank_probe import record_rank_state
+
 from data.sampler import MixtureSampler
-from training.checkpointing import RunError
+from modeling_dreamer.errors import RunError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def finished_run(run_training, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("finished")
-    run_training(out, "--stage", "agent", "--max_steps", "4", "--save_steps", "2", "--eval_steps", "0",
-                 "--debug_dump_rank_state", "true")
+    with record_rank_state():
+        run_training(out, "--stage", "agent", "--max_steps", "4", "--save_steps", "2", "--eval_steps", "0")
     return out
 
 
@@ -76,9 +78,9 @@ def test_resume_with_another_batch_size_continues_at_the_same_draw(run_training,
     import shutil
 
     shutil.copytree(finished_run / "checkpoint-2", tmp_path / "checkpoint-2")
-    run_training(tmp_path, "--stage", "agent", "--max_steps", "4", "--save_steps", "2", "--eval_steps", "0",
-                 "--debug_dump_rank_state", "true", "--resume_from_checkpoint", "latest",
-                 "--per_device_train_batch_size", "2")
+    with record_rank_state():
+        run_training(tmp_path, "--stage", "agent", "--max_steps", "4", "--save_steps", "2", "--eval_steps", "0",
+                     "--resume_from_checkpoint", "latest", "--per_device_train_batch_size", "2")
     straight = json.loads((finished_run / "rank_state_0.json").read_text())["windows"]
     resumed = json.loads((tmp_path / "rank_state_0.json").read_text())["windows"]
     state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())

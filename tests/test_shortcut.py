@@ -1,4 +1,4 @@
-"""Shortcut forcing with x-prediction (DESIGN.md section 7, paper eq. 6-8)."""
+"""Shortcut forcing with x-prediction (paper eq. 6-8, docs/objectives.md)."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from modeling_dreamer.objectives import (
+from training.objectives import (
     add_noise,
     bootstrap_target,
     sample_signal_and_step,

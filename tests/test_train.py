@@ -162,11 +162,28 @@ def optimizer_moments(checkpoint: Path) -> dict[int, torch.Tensor]:
     return {i: s["exp_avg"] for i, s in torch.load(checkpoint / "optimizer.bin", weights_only=False)["state"].items()}
 
 
-@pytest.mark.parametrize("fault", ["--debug_nan_at_step", "--debug_inf_grad_at_step"])
-def test_nonfinite_step_is_skipped_and_counted(run_training, tmp_path: Path, fault: str) -> None:
+@pytest.mark.parametrize("fault", ["nan_latents", "inf_gradients"])
+def test_nonfinite_step_is_skipped_and_counted(run_training, tmp_path: Path, fault: str, monkeypatch) -> None:
     """A NaN loss, or a finite loss whose gradients are not finite: the optimiser step is dropped (weights,
-    optimiser moments and normalisers untouched), counted, its NaN grad norm logged, and training goes on."""
-    run_training(tmp_path, "--stage", "agent", "--max_steps", "3", "--save_steps", "1", fault, "1", "--eval_steps", "0")
+    optimiser moments and normalisers untouched), counted, its NaN grad norm logged, and training goes on.
+    The faults are injected at optimiser step 2 (global_step 1) by replacing the loop's pieces."""
+    from training import loop
+
+    stage_losses, backward = loop.stage_losses, loop.backward
+
+    def nan_latents(run, batch, generator):
+        if run.state.global_step == 1:
+            batch = {**batch, "latents": torch.full_like(batch["latents"], float("nan"))}
+        return stage_losses(run, batch, generator)
+
+    def inf_gradients(run, total):  # a finite loss whose gradients overflow
+        backward(run, total * float("inf") if run.state.global_step == 1 else total)
+
+    if fault == "nan_latents":
+        monkeypatch.setattr(loop, "stage_losses", nan_latents)
+    else:
+        monkeypatch.setattr(loop, "backward", inf_gradients)
+    run_training(tmp_path, "--stage", "agent", "--max_steps", "3", "--save_steps", "1", "--eval_steps", "0")
     before, after = tmp_path / "checkpoint-1", tmp_path / "checkpoint-2"
     for file in ("model.safetensors", "rms_state.safetensors"):
         assert same_tensors(load_file(str(before / file)), load_file(str(after / file))), file
@@ -174,7 +191,7 @@ def test_nonfinite_step_is_skipped_and_counted(run_training, tmp_path: Path, fau
     assert all(torch.equal(moments_before[i], moments_after[i]) for i in moments_before)
     records = step_records(tmp_path / "metrics.jsonl")
     assert [records[s]["skipped_steps"] for s in (1, 2, 3)] == [0, 1, 1]
-    if fault == "--debug_inf_grad_at_step":
+    if fault == "inf_gradients":
         assert records[2]["grad_norm"] != records[2]["grad_norm"]  # NaN is logged, not dropped
     # Step 3 trains again, and the final weights are finite.
     final = load_file(str(tmp_path / "final" / "model.safetensors"))
@@ -205,6 +222,7 @@ def random_batch(model, batch_size: int, frames: int, sources: list[int]) -> dic
         "reward": torch.zeros(batch_size, frames),
         "has_action": torch.ones(batch_size, frames, dtype=torch.bool),
         "source": torch.tensor(sources),
+        "sources": tuple(sources),
     }
     for name, spec in config.action_space.items():
         batch[name] = (torch.randint(0, spec["n"], (batch_size, frames)) if spec["type"] == "categorical"
@@ -243,7 +261,8 @@ def test_examples_outside_the_dynamics_loss_are_observed_at_the_context_level(ma
 
 
 def test_independent_frames_share_matches_ratio(make_stage) -> None:
-    """The share of examples run in independent-frame mode is the configured ratio (code review item 11)."""
+    """The share of examples run in independent-frame mode is the configured ratio (the earlier
+    pipeline ignored its own flag)."""
     from training.loop import step_generator
 
     stage, model = make_stage(DynamicsStage, "--independent_frames_ratio", "0.3")
@@ -266,68 +285,46 @@ def test_world_size_mismatch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
     check_world_size(1)
 
 
-def test_agent_losses_weigh_offset_zero_and_reward_windows_as_configured(make_stage) -> None:
-    """The stage passes `mtp_first_offset_weight` to both MTP losses and, with `reward_importance_weights`,
-    each window's `p_uniform / p_sampler` (from the run's sampler) to the reward loss."""
-    from types import SimpleNamespace
+def test_agent_losses_weigh_offset_zero_as_configured(make_stage) -> None:
+    """The stage passes `mtp_first_offset_weight` to both multi-token losses."""
+    from training.objectives import mtp_policy_loss, mtp_reward_loss
 
-    from data.sampler import MixtureSampler
-    from modeling_dreamer.objectives import mtp_reward_loss
-
-    stage, model = make_stage(AgentStage, "--mtp_first_offset_weight", "0.7", "--reward_importance_weights", "true",
-                              "--reward_loss_sources", "uniform", "relevant")
-    sampler = MixtureSampler(10, [3], relevant_fraction=0.5)
-    stage.bind_data(SimpleNamespace(train_windows=None, sampler=sampler))
+    stage, model = make_stage(AgentStage, "--mtp_first_offset_weight", "0.7", "--reward_loss_sources", "uniform", "relevant",
+                              "--bc_loss_sources", "uniform", "relevant")
     batch = random_batch(model, 2, 5, sources=[0, 1])
     batch["reward"][0, 2], batch["reward"][1, 4] = 1.0, -2.0
-    batch["window_index"] = torch.tensor([7, 3])
     model.eval()
     with torch.no_grad():  # the reward head starts at zero (every offset's loss alike): give it some opinion
         for param in model.reward_head.parameters():
             param.add_(0.5 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
     out = model(batch["latents"].float(), torch.ones(2, 5), torch.full((2, 5), 1.0 / model.config.k_max))
     loss, _, logs = stage.reward_loss(out, batch, model)
-    weights = torch.tensor([2.0, 1.0 / (0.5 + 0.5 * 10)])  # window 7: 1 / (1 - p); window 3 is the relevant one
-    expected = mtp_reward_loss(out.reward_logits.float(), batch["reward"], torch.ones(2, 5, dtype=torch.bool),
-                               model.reward_bins(), first_offset_weight=0.7, example_weights=weights)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    expected = mtp_reward_loss(out.reward_logits.float(), batch["reward"], valid, model.reward_bins(), first_offset_weight=0.7)
     assert loss.item() == pytest.approx(expected.loss.item(), rel=1e-6)
-    unweighted = mtp_reward_loss(out.reward_logits.float(), batch["reward"], torch.ones(2, 5, dtype=torch.bool),
-                                 model.reward_bins())
-    assert abs(loss.item() - unweighted.loss.item()) > 1e-4  # the options change the loss
+    uniform = mtp_reward_loss(out.reward_logits.float(), batch["reward"], valid, model.reward_bins())
+    assert abs(loss.item() - uniform.loss.item()) > 1e-4  # the option changes the loss
+    space = model.config.action_space
+    bc, _, _ = stage.behaviour_cloning_loss(out, batch, model)
+    logits = {name: value.float() for name, value in out.policy_logits.items()}
+    expected = mtp_policy_loss(logits, {name: batch[name] for name in space}, valid, space, first_offset_weight=0.7)
+    assert bc.item() == pytest.approx(expected.loss.item(), rel=1e-6)
 
 
 def test_reward_loss_weight_scales_the_normalised_reward_term(make_stage) -> None:
     """`reward_loss_weight 3`: the loop's sum of RMS-normalised terms counts the reward term three times. A fresh
     normaliser's first estimate is the loss itself, so every present term normalises to exactly 1."""
-    from modeling_dreamer.objectives import LossNormalizer
-    from training.loop import normalize_losses
+    from training.objectives import LossNormalizer
 
     stage, _ = make_stage(AgentStage, "--reward_loss_weight", "3")
     assert stage.loss_weights() == {"reward": 3.0}
     losses = {"dynamics": torch.tensor(0.02), "reward": torch.tensor(0.9), "bc": torch.tensor(2.5)}
     counts = {name: torch.tensor(5) for name in losses}
-    total, _ = normalize_losses(LossNormalizer(stage.loss_terms), losses, counts, stage.loss_weights())
+    total, _ = LossNormalizer(stage.loss_terms).combine(losses, counts, stage.loss_weights())
     assert total.item() == pytest.approx(1.0 + 3.0 + 1.0)
     default, _ = make_stage(AgentStage)
-    total, _ = normalize_losses(LossNormalizer(default.loss_terms), losses, counts, default.loss_weights())
+    total, _ = LossNormalizer(default.loss_terms).combine(losses, counts, default.loss_weights())
     assert total.item() == pytest.approx(3.0)
-
-
-def test_bc_components_normalised_apart_share_one_unit_of_weight(make_stage) -> None:
-    """`bc_normalization: component`: one loss term per action component (each with its own running RMS in
-    the loop), weighted 1 / (number of components); their raw sum is the joint NLL of the default."""
-    joint_stage, model = make_stage(AgentStage)
-    stage, _ = make_stage(AgentStage, "--bc_normalization", "component")
-    space = model.config.action_space
-    assert joint_stage.loss_terms == ("dynamics", "reward", "bc") and joint_stage.loss_weights() == {"reward": 1.0}
-    assert stage.loss_terms == ("dynamics", "reward", *(f"bc/{name}" for name in space))
-    assert stage.loss_weights() == {"reward": 1.0, **{f"bc/{name}": pytest.approx(1.0 / len(space)) for name in space}}
-    batch = random_batch(model, 2, 5, sources=[1, 1])
-    joint = joint_stage.compute_losses(model, batch, torch.Generator().manual_seed(0), model)
-    split = stage.compute_losses(model, batch, torch.Generator().manual_seed(0), model)
-    parts = [split.losses[f"bc/{name}"] for name in space]
-    assert sum(p.item() for p in parts) == pytest.approx(joint.losses["bc"].item(), rel=1e-5)
-    assert all(int(split.counts[f"bc/{name}"]) == int(joint.counts["bc"]) for name in space)
 
 
 def test_probe_baseline_fits_on_tiled_windows_whatever_the_training_stride(make_stage, prepared_game) -> None:
@@ -347,3 +344,27 @@ def test_probe_baseline_fits_on_tiled_windows_whatever_the_training_stride(make_
     np.testing.assert_array_equal(stage.probe_windows.window_starts, tiled.window_starts)
     stage.bind_data(SimpleNamespace(train_windows=tiled, datasets=datasets, sampler=None))
     assert stage.probe_windows is tiled
+
+
+def test_a_bug_inside_a_loss_keeps_its_traceback(train_argv, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A shape bug deep in a loss function is not turned into a one-line error: it reaches the user as the
+    exception it is, with the frame that raised it. Bad input still ends in one line naming the argument."""
+    import traceback
+
+    import train
+    from training import objectives
+
+    def buggy_reward_loss(reward_logits, rewards, *args, **kwargs):
+        return reward_logits[..., :3] @ rewards.T  # (B, T, L+1, 3) @ (T, B): shapes that cannot multiply
+
+    monkeypatch.setattr(objectives, "mtp_reward_loss", buggy_reward_loss)
+    with pytest.raises(RuntimeError) as caught:
+        train.main(train_argv(tmp_path / "bug", "--stage", "agent", "--max_steps", "1"))
+    assert "buggy_reward_loss" in "".join(traceback.format_tb(caught.value.__traceback__))
+    capsys.readouterr()  # the failed run's progress bar
+    with pytest.raises(SystemExit) as stopped:
+        train.main(train_argv(tmp_path / "bad", "--stage", "agent", "--learning_rate", "0.1",
+                              "--lr_scheduler_type", "constant", "--warmup_steps", "5"))
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == ["train.py: error: lr_scheduler_type=constant ignores warmup_steps; use constant_with_warmup"]

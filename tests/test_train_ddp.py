@@ -24,9 +24,9 @@ def launch(train_argv, output: Path, *extra: str) -> None:
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [
         str(accelerate), "launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
-        "--main_process_port", "29533", str(ROOT / "train.py"),
+        "--main_process_port", "29533", str(ROOT / "tests" / "rank_probe.py"),  # train.py, recording each rank
         *train_argv(output, "--stage", "agent", "--per_device_train_batch_size", "2", "--seed", "5",
-                    "--debug_dump_rank_state", "true", "--bc_loss_sources", "relevant", *extra),
+                    "--bc_loss_sources", "relevant", *extra),
     ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]

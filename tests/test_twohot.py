@@ -1,4 +1,4 @@
-"""Twohot encode / decode / loss (DESIGN.md section 7; code review item 14)."""
+"""Twohot encode / decode / loss (bins in symlog space over the data's range)."""
 
 import math
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_dreamer.objectives import symexp, symlog, twohot_bins, twohot_decode, twohot_encode, twohot_loss
+from modeling_dreamer.objectives import symexp, symlog, twohot_bins, twohot_decode, twohot_encode
+from training.objectives import twohot_loss
 
 BINS = twohot_bins(255, -5.0, 5.0)
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from modeling_dreamer.errors import ArgumentError
+
 T = TypeVar("T")
 
 # `lr_scheduler_type` values: transformers.get_scheduler's schedules that need no metric feedback.
@@ -30,6 +32,21 @@ SCHEDULES = (
     "cosine_with_min_lr",
     "warmup_stable_decay",
 )
+
+
+# Arguments of earlier versions: name -> (the value that meant "off", why it went). docs/reward_diagnosis.md has
+# the measurements behind the first three.
+REMOVED_ARGUMENTS: dict[str, tuple[Any, str]] = {
+    "relevant_balance": ("none", "drawing gain and penalty windows equally often ranked deaths better but raised "
+                                 "P(r < 0) elsewhere; no recipe used it"),
+    "reward_importance_weights": (False, "weighting reward targets by p_uniform / p_sampler slowed event learning; "
+                                         "no recipe used it"),
+    "bc_normalization": ("joint", "normalising each action component apart did not lift the rare keys; no recipe "
+                                  "used it"),
+    "debug_nan_at_step": (None, "tests inject faults by replacing the loop's pieces"),
+    "debug_inf_grad_at_step": (None, "tests inject faults by replacing the loop's pieces"),
+    "debug_dump_rank_state": (False, "tests record rank state by replacing the loop's pieces"),
+}
 
 
 @dataclass
@@ -59,7 +76,7 @@ class ModelArguments:
 
     def __post_init__(self) -> None:
         if self.time_context_length is not None and self.time_context_length < 1:
-            raise ValueError(f"time_context_length must be >= 1 or None, got {self.time_context_length}")
+            raise ArgumentError(f"time_context_length must be >= 1 or None, got {self.time_context_length}")
 
     def overrides(self) -> dict[str, Any]:
         if not self.model_overrides:
@@ -67,9 +84,9 @@ class ModelArguments:
         try:
             parsed = json.loads(self.model_overrides)
         except json.JSONDecodeError as error:
-            raise ValueError(f"model_overrides is not valid JSON ({error}): {self.model_overrides!r}") from None
+            raise ArgumentError(f"model_overrides is not valid JSON ({error}): {self.model_overrides!r}") from None
         if not isinstance(parsed, dict):
-            raise ValueError(f"model_overrides must be a JSON object, got {self.model_overrides!r}")
+            raise ArgumentError(f"model_overrides must be a JSON object, got {self.model_overrides!r}")
         return parsed
 
 
@@ -83,17 +100,8 @@ class DataArguments:
     relevant_fraction: float = field(
         default=0.5, metadata={"help": "Probability that a draw is a window containing a nonzero reward."}
     )
-    relevant_balance: str = field(
-        default="none",
-        metadata={"help": "How relevant draws pick among reward windows: `none` (all alike) or `sign` (windows with a "
-                  "gain and windows with a penalty equally often, so rare penalties are learned; docs/data.md)."},
-    )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader workers (0 is fastest on 2 cores)."})
     max_eval_windows: int | None = field(default=None, metadata={"help": "Cap on validation windows per evaluation."})
-
-    def __post_init__(self) -> None:
-        if self.relevant_balance not in ("none", "sign"):
-            raise ValueError(f"relevant_balance must be none | sign, got {self.relevant_balance!r}")
 
 
 @dataclass
@@ -141,39 +149,27 @@ class DreamerTrainingArguments:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest | a checkpoint folder."})
     push_to_hub: bool = False
     hub_model_id: str | None = None
-    debug_nan_at_step: int | None = field(
-        default=None, metadata={"help": "Testing aid: corrupt the batch of this optimiser step with NaN."}
-    )
-    debug_inf_grad_at_step: int | None = field(
-        default=None, metadata={"help": "Testing aid: scale this optimiser step's loss so that its gradients overflow."}
-    )
-    debug_dump_rank_state: bool = field(
-        default=False,
-        metadata={"help": "Testing aid: each process writes rank_state_<rank>.json (weights checksum, normaliser "
-                  "state, windows it trained on) at the end."},
-    )
-
     def __post_init__(self) -> None:
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be auto | no | bf16 | fp16, got {self.mixed_precision!r}")
+            raise ArgumentError(f"mixed_precision must be auto | no | bf16 | fp16, got {self.mixed_precision!r}")
         if self.lr_scheduler_type not in SCHEDULES:
-            raise ValueError(f"lr_scheduler_type must be one of {' | '.join(SCHEDULES)}, got {self.lr_scheduler_type!r}")
+            raise ArgumentError(f"lr_scheduler_type must be one of {' | '.join(SCHEDULES)}, got {self.lr_scheduler_type!r}")
         if self.lr_scheduler_type == "constant" and self.warmup_steps > 0:
             # transformers' `constant` schedule has no warm-up and would silently drop it.
-            raise ValueError("lr_scheduler_type=constant ignores warmup_steps; use constant_with_warmup")
+            raise ArgumentError("lr_scheduler_type=constant ignores warmup_steps; use constant_with_warmup")
         if self.weight_average_start is not None and not 0.0 <= self.weight_average_start < 1.0:
-            raise ValueError(f"weight_average_start must be in [0, 1) or None, got {self.weight_average_start}")
+            raise ArgumentError(f"weight_average_start must be in [0, 1) or None, got {self.weight_average_start}")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "logging_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def scheduler_kwargs(self) -> dict[str, Any]:
         if not self.lr_scheduler_kwargs:
             return {}
         parsed = json.loads(self.lr_scheduler_kwargs)
         if not isinstance(parsed, dict):
-            raise ValueError(f"lr_scheduler_kwargs must be a JSON object, got {self.lr_scheduler_kwargs!r}")
+            raise ArgumentError(f"lr_scheduler_kwargs must be a JSON object, got {self.lr_scheduler_kwargs!r}")
         return parsed
 
 
@@ -226,16 +222,16 @@ def _read_recipe(argv: list[str]) -> tuple[list[str], list[str]]:
         return [], argv
     at = argv.index("--config")
     if at + 1 >= len(argv):
-        raise SystemExit("--config needs a YAML file")
+        raise ArgumentError("--config needs a YAML file")
     path = Path(argv[at + 1])
     if not path.is_file():
-        raise SystemExit(f"--config {path}: no such file")
+        raise ArgumentError(f"--config {path}: no such file")
     try:
         recipe = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise SystemExit(f"--config {path}: not valid YAML ({error})") from None
+        raise ArgumentError(f"--config {path}: not valid YAML ({error})") from None
     if not isinstance(recipe, dict):
-        raise SystemExit(f"--config {path}: expected a mapping of argument names to values")
+        raise ArgumentError(f"--config {path}: expected a mapping of argument names to values")
     return recipe_to_argv(recipe), argv[:at] + argv[at + 2 :]
 
 
@@ -254,11 +250,17 @@ def parse_arguments(argv: list[str] | None, stages: dict[str, Any]) -> RunArgume
         f"Train a Dreamer world model or agent; --stage is one of {sorted(stages)}. --config recipe.yaml reads "
         "arguments from a YAML mapping; --key value overrides follow it. See docs/training.md."
     )
-    model, data, training, *extra = parser.parse_args_into_dataclasses(args=recipe_argv + argv)
+    try:
+        model, data, training, *extra = parser.parse_args_into_dataclasses(args=recipe_argv + argv)
+    except ValueError as error:  # HfArgumentParser: "Some specified arguments are not used ..."
+        removed = [f"--{name} ({why})" for name, (_, why) in REMOVED_ARGUMENTS.items() if f"--{name}" in recipe_argv + argv]
+        if removed:
+            raise ArgumentError(f"arguments this version no longer has: {'; '.join(removed)}; remove them") from None
+        raise
     if training.stage not in stages:
-        raise SystemExit(f"--stage {training.stage!r}: unknown stage; choose one of {sorted(stages)}")
+        raise ArgumentError(f"--stage {training.stage!r}: unknown stage; choose one of {sorted(stages)}")
     if not data.dataset_path:
-        raise SystemExit("dataset_path is required (the folder written by `python -m data.prepare`)")
+        raise ArgumentError("dataset_path is required (the folder written by `python -m data.prepare`)")
     used = stages[training.stage].arguments_classes
     for instance in extra:
         if type(instance) in used:
@@ -266,5 +268,5 @@ def parse_arguments(argv: list[str] | None, stages: dict[str, Any]) -> RunArgume
         for item in dataclasses.fields(instance):
             default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
             if getattr(instance, item.name) != default:
-                raise SystemExit(f"--{item.name} does not apply to stage {training.stage!r}; remove it")
+                raise ArgumentError(f"--{item.name} does not apply to stage {training.stage!r}; remove it")
     return RunArguments(model, data, training, {type(x): x for x in extra if type(x) in used})

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modeling_dreamer.errors import RunError
+
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 RMS_STATE_FILE = "rms_state.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -45,12 +47,8 @@ RESUMABLE_CHANGES = frozenset({
     "per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size", "max_eval_windows",
     "dataloader_num_workers", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "report_to",
     "push_to_hub", "hub_model_id", "mixed_precision", "torch_compile", "attn_implementation",
-    "gradient_checkpointing", "debug_nan_at_step", "debug_inf_grad_at_step", "debug_dump_rank_state",
+    "gradient_checkpointing",
 })
-
-
-class RunError(RuntimeError):
-    """A run cannot start or continue as asked; the message says why and what to do."""
 
 
 @dataclass
@@ -168,6 +166,14 @@ def check_resume(saved: TrainerState, checkpoint: Path, stage: str, arguments: d
     in anything but `RESUMABLE_CHANGES`; the message names every difference."""
     if saved.stage != stage:
         raise RunError(f"{checkpoint}: a checkpoint of stage {saved.stage!r}; this run is stage {stage!r}")
+    # An argument this version no longer has cannot be honoured: resuming would silently change the run.
+    from training.arguments import REMOVED_ARGUMENTS
+
+    gone = {name: value for name, value in saved.arguments.items()
+            if name in REMOVED_ARGUMENTS and value != REMOVED_ARGUMENTS[name][0]}
+    if gone:
+        raise RunError(f"{checkpoint}: made with arguments this version no longer has ({gone}); it cannot continue "
+                       "exactly. Start a new run (--init_from its model)")
     differences = [
         f"{name}: {saved.arguments.get(name)!r} in the checkpoint, {value!r} now"
         for name, value in sorted(arguments.items())

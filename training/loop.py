@@ -2,10 +2,11 @@
 
     train(stage, args)
 
-reads top to bottom: Accelerator -> run folder (lock, resume checks) -> data -> model, optimiser groups,
-schedule, loss normalisers -> prepare -> resume -> steps (losses from the stage, non-finite guard, RMS
-normalisation, backward, clip, step; logging, evaluation, checkpoints) -> final model and card.
-See docs/training.md.
+reads top to bottom: `set_up` (the Accelerator's run folder, data, model, optimiser groups, schedule, loss
+normalisers, Accelerate's `prepare`, resume) -> `train_steps` (per micro-batch: the stage's losses, RMS
+normalisation, backward; per optimiser step: clipping, the non-finite guard, the step; then the periodic
+hooks: log, evaluate, checkpoint) -> `finish` (last checkpoint, final evaluation, `final/` and its card).
+Everything a run shares lives in one `Run` object. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from modeling_dreamer.errors import RunError
 from training.arguments import DreamerTrainingArguments, RunArguments
 from training.checkpointing import (
     RMS_STATE_FILE,
-    RunError,
     RunLock,
     TrainerState,
     check_resume,
@@ -36,10 +38,60 @@ from training.checkpointing import (
     prune_checkpoints,
     resolve_checkpoint,
 )
+from training.data import RunData
 from training.optim import build_param_groups, build_scheduler, choose_mixed_precision
-from training.reporting import MetricsLog, dump_rank_state, write_model_card
-from training.stages.base import Stage
+from training.reporting import MetricsLog, write_model_card
+from training.stages.base import Stage, StepLosses
 from training.weight_average import WEIGHT_AVERAGE_FILE, WeightAverage
+
+
+@dataclass
+class Run:
+    """What the pieces of one run share: built by `set_up`, advanced by `train_steps`, closed by `finish`."""
+
+    stage: Stage
+    args: RunArguments
+    accelerator: Any
+    mixed_precision: str
+    output_dir: Path
+    data: RunData
+    model: torch.nn.Module  # prepared (possibly wrapped for DDP / FSDP)
+    unwrapped: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    eval_loader: Any
+    normalizer: Any  # training.objectives.LossNormalizer
+    clip_groups: dict[str, list[torch.nn.Parameter]]
+    average: WeightAverage | None
+    state: TrainerState
+    total_steps: int
+    setup: dict[str, Any]
+    metrics_log: MetricsLog
+    trackers: bool
+    started: float = field(default_factory=time.time)
+    micro: int = 0  # micro-batches of the current optimiser step so far
+    window: "LogWindow" = field(default_factory=lambda: LogWindow())
+    guard: "StepGuard | None" = None
+    progress: Any = None
+
+    @property
+    def training(self) -> DreamerTrainingArguments:
+        return self.args.training
+
+    @property
+    def done(self) -> bool:
+        return self.state.global_step >= self.total_steps
+
+    def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over processes (itself with one process)."""
+        return self.accelerator.reduce(tensor, reduction="sum") if self.accelerator.num_processes > 1 else tensor
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.metrics_log.write(record)
+        if self.trackers:
+            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
+                                 step=self.state.global_step)
 
 
 def train(stage: Stage, args: RunArguments) -> dict[str, float]:
@@ -47,50 +99,33 @@ def train(stage: Stage, args: RunArguments) -> dict[str, float]:
     accelerator, mixed_precision = make_accelerator(args.training)
     lock = RunLock(Path(args.training.output_dir))
     try:
-        return run(stage, args, accelerator, mixed_precision, lock)
+        run = set_up(stage, args, accelerator, mixed_precision, lock)
+        train_steps(run)
+        return finish(run)
     finally:
         lock.release()
 
 
-def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str, lock: RunLock) -> dict[str, float]:
-    """The body of `train`, with the Accelerator made and the run folder's lock (not yet taken) in hand."""
-    from accelerate.utils import broadcast_object_list, set_seed
-    from tqdm.auto import tqdm
+# ------------------------------------------------------------------------------------------------
+# Set-up
+# ------------------------------------------------------------------------------------------------
 
-    from modeling_dreamer.objectives import LossNormalizer
+
+def set_up(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str, lock: RunLock) -> Run:
+    """Everything before the first step: run folder, data, model and optimisation, `prepare`, resume, logging."""
+    from accelerate.utils import set_seed
+
+    from training.objectives import LossNormalizer
 
     t = args.training
-    output_dir = Path(t.output_dir)
-
-    # ---- Run folder: lock, resume point, checks that need no weights (main process decides) ----
-    problem: list[Any] = [None]
-    saved: TrainerState | None = None
-    if accelerator.is_main_process:
-        try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
-            checkpoint = resolve_checkpoint(output_dir, t.resume_from_checkpoint)
-            prepare_output_dir(output_dir, checkpoint, t.overwrite_output_dir)
-            if checkpoint is not None:
-                saved = TrainerState.load(checkpoint)
-                check_resume(saved, checkpoint, stage.name, args.as_dict())
-            problem = [str(checkpoint) if checkpoint else None]
-        except (RunError, OSError) as error:
-            problem = [RunError(str(error))]
-    broadcast_object_list(problem)  # every process stops, or continues from the same checkpoint
-    if isinstance(problem[0], Exception):
-        raise problem[0]
-    checkpoint = Path(problem[0]) if problem[0] else None
+    checkpoint = open_run_folder(stage, args, accelerator, lock)
     saved = TrainerState.load(checkpoint) if checkpoint else None
     set_seed(t.seed)
-
-    # ---- Data: windows of the prepared dataset, drawn by the reward-mixture sampler ----
-    data = load_data(args, accelerator.num_processes)
+    data = stage.load_data(args, accelerator.num_processes)
     stage.bind_data(data)
     if saved is not None:
         check_resume_data(saved, checkpoint, data.description)
 
-    # ---- Model, optimiser groups, schedule, loss normalisers ----
     model, origin = stage.build_model(data.schema)
     stage.configure_trainable(model)
     if args.model.gradient_checkpointing:
@@ -100,185 +135,276 @@ def run(stage: Stage, args: RunArguments, accelerator: Any, mixed_precision: str
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * data.steps_per_epoch(t))
     scheduler = build_scheduler(optimizer, t.lr_scheduler_type, t.warmup_steps, total_steps, t.scheduler_kwargs())
     normalizer = LossNormalizer([n for n in stage.loss_terms if n not in stage.unnormalized_terms], decay=t.rms_decay)
-    loss_weights = stage.loss_weights()
     register_state_file(accelerator, normalizer, RMS_STATE_FILE)
 
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, data.train_loader, scheduler)
     eval_loader = accelerator.prepare(data.eval_loader) if data.eval_loader is not None else None
     normalizer.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(model)
-    clipped = clip_groups(unwrapped, stage.clip_groups())
-    average = None
-    if t.weight_average_start is not None:
-        try:
-            average = WeightAverage(unwrapped, start_step=math.floor(t.weight_average_start * total_steps) + 1)
-        except ValueError as error:
-            raise RunError(f"weight_average_start: {error}") from None
-        register_state_file(accelerator, average, WEIGHT_AVERAGE_FILE)
-
-    # ---- Resume ----
+    stage.bind_processes(lambda x: accelerator.reduce(x, reduction="sum") if accelerator.num_processes > 1 else x,
+                         accelerator.num_processes)
     state = TrainerState(stage=stage.name, world_size=accelerator.num_processes, global_batch_size=global_batch(t, accelerator),
                          dataset=data.description, arguments=args.as_dict())
+    run = Run(stage, args, accelerator, mixed_precision, Path(t.output_dir), data, model, unwrapped, optimizer,
+              scheduler, train_loader, eval_loader, normalizer, clip_groups(unwrapped, stage.clip_groups()),
+              weight_average(unwrapped, t, total_steps, accelerator), state, total_steps, {},
+              MetricsLog(Path(t.output_dir) / "metrics.jsonl", accelerator.is_main_process), t.report_to != "none")
+    run.guard = StepGuard(normalizer)
     if checkpoint is not None:
-        load_checkpoint(accelerator, checkpoint)
-        state.global_step, state.epoch, state.skipped_steps = saved.global_step, saved.epoch, saved.skipped_steps
-        state.draws_in_epoch = saved.draws_in_epoch
-        accelerator.print(f"Resumed from {checkpoint} at step {state.global_step} (epoch {state.epoch}, draw "
-                          f"{state.draws_in_epoch}); global batch {state.global_batch_size} (was {saved.global_batch_size})")
+        resume(run, checkpoint, saved)
     data.sampler.resume_at(state.epoch, state.draws_in_epoch)
+    start_logging(run, param_groups, origin, checkpoint)
+    return run
 
-    # ---- Logging ----
-    trainable = {g["name"]: sum(p.numel() for p in g["params"]) for g in param_groups}
-    setup = {
-        "setup": True, "stage": stage.name, "world_size": accelerator.num_processes, "device": str(accelerator.device),
-        "device_type": accelerator.device.type, "mixed_precision": mixed_precision,
-        "global_batch_size": state.global_batch_size, "window_length": args.data.window_length,
-        "total_steps": total_steps, "train_windows": data.num_windows, "relevant_windows": data.num_relevant,
-        "parameters": {"total": sum(p.numel() for p in unwrapped.parameters()), **trainable},
+
+def open_run_folder(stage: Stage, args: RunArguments, accelerator: Any, lock: RunLock) -> Path | None:
+    """Lock the run folder, find the checkpoint to resume from and check it against this run (the main process
+    decides, every process follows): the checkpoint, or None for a new run."""
+    from accelerate.utils import broadcast_object_list
+
+    t = args.training
+    output_dir = Path(t.output_dir)
+    verdict: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            checkpoint = resolve_checkpoint(output_dir, t.resume_from_checkpoint)
+            prepare_output_dir(output_dir, checkpoint, t.overwrite_output_dir)
+            if checkpoint is not None:
+                check_resume(TrainerState.load(checkpoint), checkpoint, stage.name, args.as_dict())
+            verdict = [str(checkpoint) if checkpoint else None]
+        except (RunError, OSError) as error:
+            verdict = [RunError(str(error))]
+    broadcast_object_list(verdict)  # every process stops, or continues from the same checkpoint
+    if isinstance(verdict[0], Exception):
+        raise verdict[0]
+    return Path(verdict[0]) if verdict[0] else None
+
+
+def weight_average(model: torch.nn.Module, t: DreamerTrainingArguments, total_steps: int,
+                   accelerator: Any) -> WeightAverage | None:
+    """The running average of the trainable weights (`weight_average_start`), registered for checkpoints."""
+    if t.weight_average_start is None:
+        return None
+    try:
+        average = WeightAverage(model, start_step=math.floor(t.weight_average_start * total_steps) + 1)
+    except ValueError as error:
+        raise RunError(f"weight_average_start: {error}") from None
+    register_state_file(accelerator, average, WEIGHT_AVERAGE_FILE)
+    return average
+
+
+def resume(run: Run, checkpoint: Path, saved: TrainerState) -> None:
+    """Load the checkpoint's Accelerate state (with our state files) and continue its step and data position."""
+    load_checkpoint(run.accelerator, checkpoint)
+    state = run.state
+    state.global_step, state.epoch, state.skipped_steps = saved.global_step, saved.epoch, saved.skipped_steps
+    state.draws_in_epoch = saved.draws_in_epoch
+    run.accelerator.print(f"Resumed from {checkpoint} at step {state.global_step} (epoch {state.epoch}, draw "
+                          f"{state.draws_in_epoch}); global batch {state.global_batch_size} (was {saved.global_batch_size})")
+
+
+def start_logging(run: Run, param_groups: list[dict], origin: dict[str, Any], checkpoint: Path | None) -> None:
+    """The setup line of metrics.jsonl (what ran where, with how many parameters), trackers, the progress bar."""
+    from tqdm.auto import tqdm
+
+    accelerator, t, unwrapped = run.accelerator, run.training, run.unwrapped
+    run.setup = {
+        "setup": True, "stage": run.stage.name, "world_size": accelerator.num_processes,
+        "device": str(accelerator.device), "device_type": accelerator.device.type,
+        "mixed_precision": run.mixed_precision, "global_batch_size": run.state.global_batch_size,
+        "window_length": run.args.data.window_length, "total_steps": run.total_steps,
+        "train_windows": run.data.num_windows, "relevant_windows": run.data.num_relevant,
+        "parameters": {"total": sum(p.numel() for p in unwrapped.parameters()),
+                       **{g["name"]: sum(p.numel() for p in g["params"]) for g in param_groups}},
         "learning_rates": {g["name"]: g["initial_lr"] for g in param_groups}, "origin": origin,
         "resumed_from": str(checkpoint) if checkpoint else None, "torch_compile": t.torch_compile,
         "time_context_length": getattr(unwrapped.config, "time_context_length", None),
     }
-    metrics_log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process)
-    metrics_log.start(resumed_at_step=state.global_step if checkpoint else None)
-    metrics_log.write(setup)
-    trackers = t.report_to != "none"
-    if trackers:
-        accelerator.init_trackers("dreamer", config={k: v for k, v in args.as_dict().items() if isinstance(v, (int, float, str, bool))})
+    run.metrics_log.start(resumed_at_step=run.state.global_step if checkpoint else None)
+    run.metrics_log.write(run.setup)
+    if run.trackers:
+        accelerator.init_trackers("dreamer", config={k: v for k, v in run.args.as_dict().items()
+                                                     if isinstance(v, (int, float, str, bool))})
+    run.progress = tqdm(total=run.total_steps, initial=run.state.global_step, disable=not accelerator.is_main_process,
+                        desc=run.stage.name, dynamic_ncols=True)
 
-    def log(record: dict[str, Any]) -> None:
-        metrics_log.write(record)
-        if trackers:
-            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.global_step)
 
-    def save_checkpoint() -> None:
-        tmp, final = output_dir / f"checkpoint-{state.global_step}.tmp", output_dir / f"checkpoint-{state.global_step}"
-        accelerator.save_state(str(tmp))  # the save hook adds rms_state.safetensors
-        accelerator.wait_for_everyone()  # every process has written its RNG state before the rename
-        if accelerator.is_main_process:
-            state.save(tmp)
-            finalize_checkpoint(tmp, final)
-            prune_checkpoints(output_dir, t.save_total_limit)
-        accelerator.wait_for_everyone()
+# ------------------------------------------------------------------------------------------------
+# Steps
+# ------------------------------------------------------------------------------------------------
 
-    def averaged_weights() -> Any:
-        """The model with the weight average swapped in (`weight_average_start`), else as it is."""
-        return average.swapped_in() if average is not None else contextlib.nullcontext()
 
-    def evaluate(save_predictions: bool = False) -> dict[str, float]:
-        if eval_loader is None:
-            return {}
-        model.eval()
-        with averaged_weights():
-            result = stage.evaluate(model, eval_loader, accelerator, seed=t.seed)
-        model.train()
-        if save_predictions and accelerator.is_main_process:
-            np.savez_compressed(output_dir / "eval_predictions.npz", **{k.replace("/", "__"): v for k, v in result.arrays.items()})
-        return {f"eval/{k}": v for k, v in result.metrics.items()}
-
-    # ---- The loop ----
-    progress = tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_main_process,
-                    desc=stage.name, dynamic_ncols=True)
-    model.train()
-    window = LogWindow()
-    step = StepGuard(normalizer)
-    micro = 0
-    windows_seen: list[list[int]] = []
-    started = time.time()
-    while state.global_step < total_steps:
-        train_loader.set_epoch(state.epoch)
-        for batch in train_loader:
-            state.draws_in_epoch += t.per_device_train_batch_size * accelerator.num_processes
-            if t.debug_dump_rank_state:
-                windows_seen.extend([int(i), int(s)] for i, s in zip(batch["window_index"], batch["source"]))
-            if t.debug_nan_at_step == state.global_step:
-                batch["latents"] = torch.full_like(batch["latents"], float("nan"))
-            if micro == 0:
-                step.begin()
-            generator = step_generator(t.seed, state.global_step, micro, accelerator.process_index, accelerator.device)
-            with accelerator.accumulate(model):
-                result = stage.compute_losses(model, batch, generator, unwrapped)
-                total, normalized_logs = normalize_losses(normalizer, result.losses, result.counts, loss_weights)
-                step.watch(total)
-                if t.debug_inf_grad_at_step == state.global_step:
-                    total = total * float("inf")  # testing aid: a finite loss whose gradients overflow
-                accelerator.backward(total)
-                window.add(result.logs)
-                window.add(normalized_logs)
-                micro += 1
-                if accelerator.sync_gradients:
-                    grad_norm = clip_gradients(accelerator, clipped, t.max_grad_norm or math.inf, window)
-                    if step.finite(grad_norm, accelerator):  # the step's one host synchronisation
-                        optimizer.step()
-                    else:
-                        step.drop()  # normalisers back to where they were at the start of the step
-                        state.skipped_steps += 1
-                    optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            # ---- one optimiser step done ----
-            scheduler.step()
-            state.global_step += 1
-            if average is not None:
-                average.update(state.global_step)
-            micro = 0
-            progress.update(1)
-            if state.global_step == 1:
-                setup_time = {"first_step_s": round(time.time() - started, 2)}  # includes compilation
-                log({"step": 1, **setup_time})
-            if state.global_step % t.logging_steps == 0 or state.global_step == total_steps:
-                record = {"step": state.global_step, "epoch": state.epoch, "skipped_steps": state.skipped_steps,
-                          "elapsed_s": round(time.time() - started, 2), **window.flush()}
-                record.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
-                log(record)
-                progress.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in record if k.startswith("loss/")})
-            if t.eval_steps > 0 and state.global_step % t.eval_steps == 0 and state.global_step < total_steps:
-                log({"step": state.global_step, **evaluate()})
-            if t.save_steps > 0 and state.global_step % t.save_steps == 0:
-                save_checkpoint()
-            if state.global_step >= total_steps:
+def train_steps(run: Run) -> None:
+    """Micro-batches from the sampler, epoch after epoch, until `total_steps` optimiser steps are done."""
+    run.model.train()
+    while not run.done:
+        for batch in epoch_batches(run):
+            if micro_batch(run, batch):
+                after_optimizer_step(run)
+            if run.done:
                 break
-        else:
-            state.epoch += 1
-            state.draws_in_epoch = 0
-            continue
-        break
-    progress.close()
+    run.progress.close()
 
-    # ---- Final: checkpoint, evaluation, model, card ----
-    if t.save_steps >= 0 and not (output_dir / f"checkpoint-{state.global_step}").exists():
-        save_checkpoint()
-    if average is not None:
-        average.copy_to_model()  # the checkpoint keeps the live weights; the final model is the average
-    final_metrics = evaluate(save_predictions=True)
+
+def epoch_batches(run: Run) -> Iterator[dict[str, Any]]:
+    """The batches of the current sampler epoch; the epoch counter moves on once they are all drawn."""
+    run.train_loader.set_epoch(run.state.epoch)
+    for batch in run.train_loader:
+        run.state.draws_in_epoch += run.training.per_device_train_batch_size * run.accelerator.num_processes
+        yield batch
+    run.state.epoch += 1
+    run.state.draws_in_epoch = 0
+
+
+def micro_batch(run: Run, batch: dict[str, Any]) -> bool:
+    """Losses and backward of one micro-batch; True when it completed an optimiser step."""
+    accelerator = run.accelerator
+    if run.micro == 0:
+        run.guard.begin()
+    generator = step_generator(run.training.seed, run.state.global_step, run.micro, accelerator.process_index,
+                               accelerator.device)
+    with accelerator.accumulate(run.model):
+        result = stage_losses(run, batch, generator)
+        total, logs = run.normalizer.combine(result.losses, result.counts, run.stage.loss_weights(), run.reduce_sum)
+        run.guard.watch(total)
+        backward(run, total)
+        run.window.add(result.logs)
+        run.window.add(logs)
+        run.micro += 1
+        if not accelerator.sync_gradients:
+            return False
+        optimizer_step(run)
+    return True
+
+
+def stage_losses(run: Run, batch: dict[str, Any], generator: torch.Generator) -> StepLosses:
+    """The stage's raw loss terms of one micro-batch (tests replace this to inject faults)."""
+    return run.stage.compute_losses(run.model, batch, generator, run.unwrapped)
+
+
+def backward(run: Run, total: torch.Tensor) -> None:
+    """Back-propagate the micro-batch's loss (tests replace this to inject faults)."""
+    run.accelerator.backward(total)
+
+
+def optimizer_step(run: Run) -> None:
+    """Clip, then step the optimiser unless a loss or the gradients were not finite on some process (the
+    step's one host synchronisation); a dropped step also restores the normalisers."""
+    grad_norm = clip_gradients(run.accelerator, run.clip_groups, run.training.max_grad_norm or math.inf, run.window)
+    if run.guard.finite(grad_norm, run.accelerator):
+        run.optimizer.step()
+    else:
+        run.guard.drop()
+        run.state.skipped_steps += 1
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def after_optimizer_step(run: Run) -> None:
+    """Schedule, weight average and counters, then the periodic hooks: log, evaluate, checkpoint."""
+    t, state = run.training, run.state
+    run.scheduler.step()
+    state.global_step += 1
+    if run.average is not None:
+        run.average.update(state.global_step)
+    run.micro = 0
+    run.progress.update(1)
+    if state.global_step == 1:
+        run.log({"step": 1, "first_step_s": round(time.time() - run.started, 2)})  # includes compilation
+    if state.global_step % t.logging_steps == 0 or run.done:
+        log_step(run)
+    if t.eval_steps > 0 and state.global_step % t.eval_steps == 0 and not run.done:
+        run.log({"step": state.global_step, **evaluate(run)})
+    if t.save_steps > 0 and state.global_step % t.save_steps == 0:
+        save_checkpoint(run)
+
+
+def log_step(run: Run) -> None:
+    """One metrics.jsonl record: the averages of the logging window, learning rates, timing."""
+    state = run.state
+    record = {"step": state.global_step, "epoch": state.epoch, "skipped_steps": state.skipped_steps,
+              "elapsed_s": round(time.time() - run.started, 2), **run.window.flush()}
+    record.update({f"lr/{g['name']}": g["lr"] for g in run.optimizer.param_groups})
+    run.log(record)
+    run.progress.set_postfix({k.split("/")[-1]: f"{record[k]:.3g}" for k in record if k.startswith("loss/")})
+
+
+def evaluate(run: Run, save_predictions: bool = False) -> dict[str, float]:
+    """The stage's held-out metrics (`eval/...`), with the weight average swapped in where there is one."""
+    if run.eval_loader is None:
+        return {}
+    run.model.eval()
+    averaged = run.average.swapped_in() if run.average is not None else contextlib.nullcontext()
+    with averaged:
+        result = run.stage.evaluate(run.model, run.eval_loader, run.accelerator, seed=run.training.seed)
+    run.model.train()
+    if save_predictions and run.accelerator.is_main_process:
+        np.savez_compressed(run.output_dir / "eval_predictions.npz",
+                            **{k.replace("/", "__"): v for k, v in result.arrays.items()})
+    return {f"eval/{k}": v for k, v in result.metrics.items()}
+
+
+def save_checkpoint(run: Run) -> None:
+    """`checkpoint-<step>/`, written aside and renamed when complete; old ones pruned (`save_total_limit`)."""
+    accelerator, step = run.accelerator, run.state.global_step
+    tmp, final = run.output_dir / f"checkpoint-{step}.tmp", run.output_dir / f"checkpoint-{step}"
+    accelerator.save_state(str(tmp))  # the state hooks add rms_state.safetensors (and the weight average)
+    accelerator.wait_for_everyone()  # every process has written its RNG state before the rename
+    if accelerator.is_main_process:
+        run.state.save(tmp)
+        finalize_checkpoint(tmp, final)
+        prune_checkpoints(run.output_dir, run.training.save_total_limit)
+    accelerator.wait_for_everyone()
+
+
+# ------------------------------------------------------------------------------------------------
+# Finish
+# ------------------------------------------------------------------------------------------------
+
+
+def finish(run: Run) -> dict[str, float]:
+    """Last checkpoint, final evaluation, `final/` (checked finite) with its model card; returns the metrics."""
+    t = run.training
+    if t.save_steps >= 0 and not (run.output_dir / f"checkpoint-{run.state.global_step}").exists():
+        save_checkpoint(run)
+    if run.average is not None:
+        run.average.copy_to_model()  # the checkpoint keeps the live weights; the final model is the average
+    final_metrics = evaluate(run, save_predictions=True)
     if final_metrics:
-        log({"step": state.global_step, "final": True, **final_metrics})
-    if t.debug_dump_rank_state:
-        dump_rank_state(output_dir, accelerator.process_index, unwrapped, normalizer, windows_seen)
-    # The full state dict (gathered on the main process when the model is sharded, e.g. FSDP2), checked for
-    # non-finite weights there, the verdict shared with every process.
-    weights = accelerator.get_state_dict(model)
+        run.log({"step": run.state.global_step, "final": True, **final_metrics})
+    save_final_model(run)
+    if run.accelerator.is_main_process:
+        run.setup.update(steps=run.state.global_step, skipped_steps=run.state.skipped_steps)
+        write_model_card(run.output_dir / "final", run.unwrapped.config, run.stage.description, run.setup,
+                         run.data.summary(), run.stage.model_card_lines(run.unwrapped.config), final_metrics)
+        (run.output_dir / "eval_metrics.json").write_text(json.dumps(final_metrics, indent=2))
+        if t.push_to_hub:
+            run.unwrapped.push_to_hub(t.hub_model_id)
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    return final_metrics
+
+
+def save_final_model(run: Run) -> None:
+    """`final/` through `save_pretrained`, from Accelerate's full state dict (gathered on the main process when
+    the model is sharded, e.g. FSDP2); refused, on every process, if any weight is not finite."""
+    from accelerate.utils import broadcast_object_list
+
+    accelerator = run.accelerator
+    weights = accelerator.get_state_dict(run.model)
     bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()] if accelerator.is_main_process else []
     verdict = [bad]
     broadcast_object_list(verdict)
     if verdict[0]:
-        raise RunError(f"not saving {output_dir / 'final'}: {len(verdict[0])} weight tensors are not finite (first: "
-                       f"{verdict[0][0]}); the last complete checkpoint is in {output_dir}")
-    unwrapped.save_pretrained(output_dir / "final", state_dict=weights, is_main_process=accelerator.is_main_process,
-                              save_function=accelerator.save)
-    if accelerator.is_main_process:
-        setup.update(steps=state.global_step, skipped_steps=state.skipped_steps)
-        write_model_card(output_dir / "final", unwrapped.config, stage.description, setup, data.summary(), final_metrics)
-        (output_dir / "eval_metrics.json").write_text(json.dumps(final_metrics, indent=2))
-        if t.push_to_hub:
-            unwrapped.push_to_hub(t.hub_model_id)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return final_metrics
+        raise RunError(f"not saving {run.output_dir / 'final'}: {len(verdict[0])} weight tensors are not finite "
+                       f"(first: {verdict[0][0]}); the last complete checkpoint is in {run.output_dir}")
+    run.unwrapped.save_pretrained(run.output_dir / "final", state_dict=weights, is_main_process=accelerator.is_main_process,
+                                  save_function=accelerator.save)
 
 
 # ------------------------------------------------------------------------------------------------
-# Setup
+# The Accelerator
 # ------------------------------------------------------------------------------------------------
 
 
@@ -317,7 +443,7 @@ def check_world_size(num_processes: int) -> None:
     """
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if num_processes != launched:
-        raise RuntimeError(
+        raise RunError(
             f"Accelerate sees {num_processes} process(es) but the launcher started WORLD_SIZE={launched}. "
             "For CPU DDP use: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py ..."
         )
@@ -327,78 +453,8 @@ def global_batch(t: DreamerTrainingArguments, accelerator: Any) -> int:
     return t.per_device_train_batch_size * t.gradient_accumulation_steps * accelerator.num_processes
 
 
-@dataclass
-class RunData:
-    """The prepared dataset's schema, the training windows and sampler, and the loaders."""
-
-    schema: Any
-    datasets: Any
-    train_windows: Any  # data.windows.WindowDataset of the training split
-    sampler: Any
-    train_loader: Any
-    eval_loader: Any
-    num_windows: int
-    num_relevant: int
-    description: dict[str, Any]  # what a checkpoint records about the data
-    world_size: int
-
-    def steps_per_epoch(self, t: DreamerTrainingArguments) -> int:
-        batches = math.ceil(len(self.sampler) / t.per_device_train_batch_size / self.world_size)
-        return max(1, batches // t.gradient_accumulation_steps)
-
-    def summary(self) -> dict[str, Any]:
-        """The dataset as the model card describes it (no local paths)."""
-        spec = self.schema.reward_spec
-
-        def videos(split: str) -> int:
-            return len(set(self.datasets[split]["video_id"])) if split in self.datasets else 0
-
-        return {
-            "name": self.description["name"],
-            "train_frames": len(self.datasets["train"]), "train_videos": videos("train"),
-            "validation_frames": len(self.datasets["validation"]) if "validation" in self.datasets else 0,
-            "validation_videos": videos("validation"),
-            "reward": f"{spec.gold_scale} x gold gained + {spec.death_penalty} x death",
-        }
-
-
-def load_data(args: RunArguments, world_size: int) -> RunData:
-    from torch.utils.data import DataLoader, Subset
-
-    from data.sampler import MixtureSampler
-    from data.schema import load_prepared
-    from data.windows import WindowDataset, collate_windows
-
-    d, t = args.data, args.training
-    try:
-        datasets, schema = load_prepared(d.dataset_path)
-    except (FileNotFoundError, ValueError) as error:
-        raise RunError(f"dataset_path {d.dataset_path}: {error}") from None
-    windows = WindowDataset(datasets["train"], d.window_length, stride=d.window_stride)
-    if len(windows) == 0:
-        raise RunError(f"{d.dataset_path}: no training window of {d.window_length} consecutive frames")
-    groups = windows.relevant_windows_by_sign() if d.relevant_balance == "sign" else None
-    sampler = MixtureSampler(len(windows), windows.relevant_windows(), d.relevant_fraction, seed=t.seed,
-                             relevant_groups=groups)
-    train_loader = DataLoader(windows, batch_size=t.per_device_train_batch_size, sampler=sampler,
-                              collate_fn=collate_windows, drop_last=True, num_workers=d.dataloader_num_workers)
-    eval_loader = None
-    if "validation" in datasets and len(datasets["validation"]) > 0:
-        eval_windows = WindowDataset(datasets["validation"], d.window_length)
-        if d.max_eval_windows is not None and len(eval_windows) > d.max_eval_windows:
-            eval_windows = Subset(eval_windows, range(d.max_eval_windows))
-        if len(eval_windows) > 0:
-            eval_loader = DataLoader(eval_windows, batch_size=t.per_device_eval_batch_size, shuffle=False,
-                                     collate_fn=collate_windows)
-    description = {"name": Path(d.dataset_path).name, "fingerprint": windows.fingerprint(),
-                   "windows": len(windows), "relevant_windows": len(windows.relevant_windows()),
-                   "window_length": d.window_length}
-    return RunData(schema, datasets, windows, sampler, train_loader, eval_loader, len(windows),
-                   len(windows.relevant_windows()), description, world_size)
-
-
 # ------------------------------------------------------------------------------------------------
-# Checkpoint state of our own (rms_state.safetensors) and resume
+# Checkpoint state of our own (rms_state.safetensors, weight_average.safetensors) and resume
 # ------------------------------------------------------------------------------------------------
 
 
@@ -407,7 +463,7 @@ def register_state_file(accelerator: Any, holder: Any, file_name: str) -> None:
     `load_file(path)`) with every Accelerate checkpoint, as the safetensors file `file_name`.
 
     Accelerate's `register_for_checkpointing` would pickle them; its state hooks let us write the format
-    we document. Both are identical on every process (the normalisers' updates are all-reduced, the weights
+    we document. Both are identical on every process (the normalisers record cross-process means, the weights
     are the same), so the main process writes the file and every process reads it."""
 
     def save(models: list, weights: list, output_dir: str) -> None:
@@ -431,7 +487,7 @@ def load_checkpoint(accelerator: Any, checkpoint: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# One step
+# Pieces of one step
 # ------------------------------------------------------------------------------------------------
 
 
@@ -442,31 +498,6 @@ def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.de
     runs bitwise identical to uninterrupted ones, and nothing is drawn on the host and copied over.
     """
     return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank)
-
-
-def normalize_losses(normalizer: Any, losses: dict[str, torch.Tensor], counts: dict[str, torch.Tensor],
-                     weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Weighted sum (`weights`: term -> weight, default 1) of the loss terms, each divided by its running RMS
-    when `normalizer` has one for it (terms it lacks are summed as they are), and their raw and normalised
-    values for the log.
-
-    A term with no valid target on this process (count 0) still joins its normaliser's cross-process
-    reduction but is left out of the average (and of the log); a term no process had leaves its normaliser
-    untouched. Nothing here waits on the device.
-    """
-    total = torch.zeros((), device=next(iter(losses.values())).device)
-    logs: dict[str, Any] = {}
-    for name, loss in losses.items():
-        present = counts[name] > 0
-        logs[f"loss/{name}"] = (loss.detach(), present)
-        if name in normalizer:
-            normalized = normalizer.normalize(name, loss, present=present)  # an absent term is an exact 0
-            logs[f"loss_normalized/{name}"] = (normalized.detach(), present)
-            logs[f"rms/{name}"] = normalizer[name].rms()
-        else:
-            normalized = torch.where(present, loss, torch.zeros_like(loss))
-        total = total + (weights or {}).get(name, 1.0) * normalized
-    return total, logs
 
 
 def clip_groups(model: torch.nn.Module, prefixes: dict[str, tuple[str, ...]]) -> dict[str, list[torch.nn.Parameter]]:
@@ -546,9 +577,15 @@ class LogWindow:
             if value is None:
                 continue
             value, present = value if isinstance(value, tuple) else (value, True)
-            value = torch.as_tensor(value).detach().float()
-            present = torch.as_tensor(present, device=value.device).float()
-            contribution = torch.where(present > 0, value, torch.zeros_like(value))  # absent: not even NaN * 0
+            if isinstance(present, torch.Tensor):
+                value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+                present = present.float()
+                contribution = torch.where(present > 0, value, 0.0)  # absent: not even NaN * 0
+            else:  # plain values stay what they are: no tensor is made from host values per micro-batch
+                contribution = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+                present = 1.0 if present else 0.0
+                if not present:
+                    continue
             self.sums[key] = self.sums[key] + contribution if key in self.sums else contribution
             self.counts[key] = self.counts[key] + present if key in self.counts else present
 

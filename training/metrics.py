@@ -1,24 +1,31 @@
-"""Evaluation metrics computed from gathered numpy arrays (pure numpy, so they are easy to test and
-training does not need scikit-learn).
+"""Evaluation metrics computed from gathered numpy arrays, with scikit-learn doing the arithmetic.
 
 Rare events dominate this project's evaluation: a reward falls on well under 1% of frames and most
 binary keys are pressed on 0-2% of frames, so accuracy says nothing (always predicting "no event" is
 99% accurate). The metrics here are threshold-free (ROC AUC, average precision) or class-balanced
 (balanced accuracy), and a linear probe gives the bar a learned head should clear.
 
-Undefined metrics are NaN, never a guess, and are reported as NaN:
-- :func:`roc_auc` needs both classes; :func:`average_precision` needs at least one positive. A key that
-  is never pressed in the evaluation data therefore has NaN AUC and NaN average precision.
+scikit-learn computes the scores (`roc_auc_score`, `average_precision_score`, `balanced_accuracy_score`) and
+fits the probe (`LogisticRegression`); this module decides what is undefined. Undefined metrics are NaN,
+never a guess (scikit-learn would return a number with a warning for some of these cases):
+- :func:`roc_auc` needs both classes; :func:`average_precision` needs at least one positive (1.0 when
+  every entry is positive). A key that is never pressed in the evaluation data therefore has NaN AUC and NaN
+  average precision.
+- Both are NaN when a score is not finite (a diverged model), rather than an error in the evaluation.
 - :func:`balanced_accuracy` needs at least two classes among the valid targets (one class alone says
   nothing about telling classes apart); :func:`majority_rate` and :func:`masked_mean` need one valid entry.
+- :func:`fit_linear_probe` returns None when the training labels hold a single class (a key never pressed
+  in training), and :func:`probe_scores` of None is NaN.
 
-Every metric takes an optional boolean ``mask`` of the same shape as its inputs (True = counted);
-:func:`per_offset` applies a metric to each multi-token-prediction offset (the last axis).
+Every metric takes an optional boolean ``mask`` of the same shape as its inputs (True = counted).
+
+scikit-learn is imported inside the functions that use it: importing it takes about 1.5 s, and most
+importers of this module (the stages, for :func:`masked_mean`) never compute these scores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,28 +48,19 @@ def _select(mask: np.ndarray | None, *arrays: np.ndarray) -> list[np.ndarray]:
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN without both classes.
+    """Area under the ROC curve: the share of (event, non-event) pairs the scores order correctly, a tie
+    counting half. NaN without both classes or with a non-finite score.
 
     scores, labels, mask: same shape; a higher score means "more likely an event". 0.5 is chance.
     """
+    from sklearn.metrics import roc_auc_score
+
     scores, labels = _select(mask, scores, labels)
-    scores = scores.astype(np.float64)
     labels = labels.astype(bool)
     positives = int(labels.sum())
-    negatives = labels.size - positives
-    if positives == 0 or negatives == 0:
+    if positives == 0 or positives == labels.size or not np.isfinite(scores).all():
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(scores.size, dtype=np.float64)
-    # Average rank within each run of tied scores.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [scores.size]])
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = 0.5 * (start + end - 1) + 1.0
-    rank_sum = ranks[labels].sum()
-    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
+    return float(roc_auc_score(labels, scores.astype(np.float64)))
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -70,26 +68,17 @@ def average_precision(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray |
 
     ``P_k`` and ``R_k`` are precision and recall when everything scoring ``>=`` the k-th highest distinct
     score is called an event, so tied scores enter together (the step-wise area under the precision-recall
-    curve, without interpolation). Unlike ROC AUC it depends on how rare the events are: a random score
-    gets the positive rate, a perfect one 1. NaN without a positive; 1.0 when every entry is positive.
+    curve, without interpolation: scikit-learn's ``average_precision_score``). Unlike ROC AUC it depends on
+    how rare the events are: a random score gets the positive rate, a perfect one 1. NaN without a positive
+    or with a non-finite score; 1.0 when every entry is positive.
     """
+    from sklearn.metrics import average_precision_score
+
     scores, labels = _select(mask, scores, labels)
-    scores = scores.astype(np.float64)
     labels = labels.astype(bool)
-    positives = int(labels.sum())
-    if positives == 0:
+    if not labels.any() or not np.isfinite(scores).all():
         return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    sorted_scores, sorted_labels = scores[order], labels[order]
-    true_pos = np.cumsum(sorted_labels)
-    # The last index of each run of tied scores is where that threshold's counts are complete.
-    last_of_run = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
-    tp = true_pos[last_of_run].astype(np.float64)
-    called = (last_of_run + 1).astype(np.float64)
-    precision = tp / called
-    recall = tp / positives
-    recall_gain = np.diff(np.r_[0.0, recall])
-    return float((recall_gain * precision).sum())
+    return float(average_precision_score(labels, scores.astype(np.float64)))
 
 
 def event_metrics(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
@@ -140,14 +129,18 @@ def balanced_accuracy(predictions: np.ndarray, targets: np.ndarray, mask: np.nda
     classes count as much as the common one. Predicted classes that never occur as a target add no term.
     NaN when fewer than two classes occur among the valid targets.
     """
+    from sklearn.metrics import balanced_accuracy_score
+
     predictions, targets = _select(mask, predictions, targets)
     predictions = predictions.astype(np.int64)
     targets = targets.astype(np.int64)
-    classes = np.unique(targets)
-    if classes.size < 2:
+    if np.unique(targets).size < 2:
         return float("nan")
-    recalls = [float((predictions[targets == c] == c).mean()) for c in classes]
-    return float(np.mean(recalls))
+    with warnings.catch_warnings():
+        # A predicted class absent from the targets is expected (a rare class predicted where it does not
+        # occur); scikit-learn leaves it out of the mean, as documented above, and warns about it.
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(targets, predictions))
 
 
 def categorical_metrics(predictions: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
@@ -164,19 +157,6 @@ def categorical_metrics(predictions: np.ndarray, targets: np.ndarray, mask: np.n
         "classes_present": float(np.unique(targets).size),
         "count": float(targets.size),
     }
-
-
-def per_offset(metric: Callable[..., float], *arrays: np.ndarray, mask: np.ndarray | None = None) -> list[float]:
-    """``metric`` of each multi-token-prediction offset: arrays ``(..., L + 1)``, one value per offset.
-
-    ``per_offset(roc_auc, scores, labels, mask=mask)`` -> ``[auc at n = 0, ..., auc at n = L]``.
-    """
-    offsets = np.asarray(arrays[0]).shape[-1]
-    results = []
-    for n in range(offsets):
-        sliced = [np.asarray(a)[..., n] for a in arrays]
-        results.append(metric(*sliced, mask=None if mask is None else np.asarray(mask)[..., n]))
-    return results
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,7 +189,8 @@ def frame_pair_features(latents: np.ndarray, pool: int = 1) -> np.ndarray:
 
 @dataclass
 class LinearProbe:
-    """A fitted linear classifier on standardised features.
+    """A fitted linear classifier on standardised features, as plain arrays (cheap to apply, no scikit-learn
+    object kept).
 
     ``mean``, ``scale``: ``(F,)`` standardisation of the training features; ``weight (F, K)``, ``bias (K,)``.
     Binary probes have ``K = 1`` (one logit, logistic); categorical probes have ``K = num_classes`` (softmax),
@@ -237,61 +218,6 @@ class LinearProbe:
         return (logits > 0).astype(np.int64) if self.binary else logits.argmax(-1)
 
 
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-    top = x.max(axis=1, keepdims=True)
-    return (top + np.log(np.exp(x - top).sum(axis=1, keepdims=True)))[:, 0]
-
-
-def _lbfgs(
-    objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, max_iter: int, tol: float, memory: int = 10
-) -> np.ndarray:
-    """Minimise a smooth convex function with L-BFGS and a backtracking (Armijo) line search.
-
-    Written here because numpy has no optimiser and training should not depend on scipy or scikit-learn.
-    Stops when the largest gradient entry is below ``tol`` or after ``max_iter`` iterations.
-    """
-    x = x0.copy()
-    value, grad = objective(x)
-    steps: list[tuple[np.ndarray, np.ndarray, float]] = []  # (s, y, 1 / y.s)
-    for _ in range(max_iter):
-        if np.abs(grad).max() <= tol:
-            break
-        # Two-loop recursion: direction = -H grad with H the L-BFGS inverse-Hessian estimate.
-        q = grad.copy()
-        alphas = []
-        for s, y, rho in reversed(steps):
-            alpha = rho * (s @ q)
-            q -= alpha * y
-            alphas.append(alpha)
-        if steps:
-            s, y, _ = steps[-1]
-            q *= (s @ y) / (y @ y)
-        else:
-            q /= max(1.0, float(np.abs(grad).max()))  # a cautious first step, before any curvature is known
-        for (s, y, rho), alpha in zip(steps, reversed(alphas)):
-            q += s * (alpha - rho * (y @ q))
-        direction = -q
-        slope = float(grad @ direction)
-        if slope >= 0:  # not a descent direction (numerical trouble): restart from the gradient
-            steps.clear()
-            direction, slope = -grad, -float(grad @ grad)
-        step = 1.0
-        while True:
-            candidate = x + step * direction
-            new_value, new_grad = objective(candidate)
-            if new_value <= value + 1e-4 * step * slope:
-                break
-            step *= 0.5
-            if step < 1e-12:
-                return x
-        s, y = candidate - x, new_grad - grad
-        if s @ y > 1e-12:
-            steps.append((s, y, 1.0 / float(s @ y)))
-            del steps[:-memory]
-        x, value, grad = candidate, new_value, new_grad
-    return x
-
-
 def fit_linear_probe(
     features: np.ndarray,
     labels: np.ndarray,
@@ -300,88 +226,57 @@ def fit_linear_probe(
     balanced: bool = True,
     max_iter: int = 300,
     tol: float = 1e-6,
-) -> LinearProbe:
-    """Fit an L2-regularised logistic (binary) or softmax (categorical) regression.
+) -> LinearProbe | None:
+    """Fit an L2-regularised logistic (binary) or softmax (categorical) regression; None when the labels hold
+    fewer than two classes (a key never pressed in training: there is nothing to tell apart).
 
-    features: ``(N, F)``; labels: ``(N,)`` bool (binary probe) or int classes with ``num_classes`` given
-    (softmax probe). Features are standardised with the training mean and standard deviation (constant
-    features keep scale 1). The objective is ``sum_i w_i CE_i / sum_i w_i + l2 / 2 * |W|^2`` (the bias is
-    not penalised), with ``w_i = 1`` or, when ``balanced``, ``w_i`` inversely proportional to the frequency
-    of example i's class so that every class present carries the same total weight (a rare event would
-    otherwise be fitted as "never"). This matches scikit-learn's ``LogisticRegression(C=1 / (l2 * sum(w)),
-    class_weight="balanced")``. Raises ``ValueError`` when the labels hold fewer than two classes.
+    features: ``(N, F)``; labels: ``(N,)`` bool (binary probe) or int classes in ``[0, num_classes)`` with
+    ``num_classes`` given (softmax probe). Features are standardised with the training mean and standard
+    deviation (``StandardScaler``: constant features keep scale 1). The objective is
+    ``sum_i w_i CE_i / sum_i w_i + l2 / 2 * |W|^2`` (the bias is not penalised), with ``w_i = 1`` or, when
+    ``balanced``, ``w_i`` inversely proportional to the frequency of example i's class so that every class
+    present carries the same total weight (a rare event would otherwise be fitted as "never"). Both weightings
+    sum to N, so this is ``LogisticRegression(C=1 / (l2 * N))`` with L-BFGS, stopped when the largest gradient
+    entry is below ``tol``, when the objective stops decreasing, or after ``max_iter`` iterations. L-BFGS draws nothing at random: the same data
+    give the same probe.
     """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != np.asarray(labels).size:
         raise ValueError(f"fit_linear_probe: features must be (N, F) with N = len(labels), got {x.shape}")
     binary = num_classes is None
     y = np.asarray(labels).ravel().astype(bool if binary else np.int64)
-    k = 1 if binary else int(num_classes)
-    classes, counts = np.unique(y, return_counts=True)
+    classes = np.unique(y)
     if classes.size < 2:
-        raise ValueError(f"fit_linear_probe: the labels hold {classes.size} class(es); a probe needs two or more")
+        return None
+    k = 1 if binary else int(num_classes)
     if not binary and (classes.min() < 0 or classes.max() >= k):
         raise ValueError(f"fit_linear_probe: labels must lie in [0, {k})")
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale[scale == 0] = 1.0
-    x = (x - mean) / scale
-    n, f = x.shape
-    if balanced:
-        per_class = n / (classes.size * counts)
-        weights = per_class[np.searchsorted(classes, y)]
-    else:
-        weights = np.ones(n)
-    weights = weights / weights.sum()
-
+    scaler = StandardScaler().fit(x)
+    model = LogisticRegression(C=1.0 / (l2 * x.shape[0]), class_weight="balanced" if balanced else None,
+                               solver="lbfgs", tol=tol, max_iter=max_iter)
+    # One thread: the problem is small (tens of thousands of frames, hundreds of features), and on a busy
+    # 2-core machine scikit-learn's OpenMP threads made a softmax probe of 32,768 frames take 13.5 s instead
+    # of 0.5 s.
+    with threadpool_limits(limits=1):
+        model.fit(scaler.transform(x), y)
+    mean, scale = scaler.mean_, scaler.scale_
     if binary:
-        sign = np.where(y, 1.0, -1.0)
-
-        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            w, b = theta[:f], theta[f]
-            margin = sign * (x @ w + b)
-            loss = float(weights @ np.logaddexp(0.0, -margin)) + 0.5 * l2 * float(w @ w)
-            # d/dlogit of log(1 + exp(-sign * logit)) = -sign * sigmoid(-margin)
-            d_logit = weights * -sign * np.exp(-np.logaddexp(0.0, margin))
-            return loss, np.r_[x.T @ d_logit + l2 * w, d_logit.sum()]
-
-        theta = _lbfgs(objective, np.zeros(f + 1), max_iter, tol)
-        return LinearProbe(mean, scale, theta[:f, None], theta[f:])
-
-    present = np.zeros(k, dtype=bool)
-    present[classes] = True
-    kp = int(present.sum())
-    # Only the classes seen in training get parameters; the others are never predicted.
-    column = np.cumsum(present) - 1
-    target = column[y]
-
-    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        w = theta[: f * kp].reshape(f, kp)
-        b = theta[f * kp :]
-        logits = x @ w + b
-        log_norm = _logsumexp(logits)
-        loss = float(weights @ (log_norm - logits[np.arange(n), target])) + 0.5 * l2 * float((w * w).sum())
-        d_logits = np.exp(logits - log_norm[:, None])
-        d_logits[np.arange(n), target] -= 1.0
-        d_logits *= weights[:, None]
-        return loss, np.r_[(x.T @ d_logits + l2 * w).ravel(), d_logits.sum(axis=0)]
-
-    theta = _lbfgs(objective, np.zeros(f * kp + kp), max_iter, tol)
-    weight = np.zeros((f, k))
+        return LinearProbe(mean, scale, model.coef_.T.copy(), model.intercept_.copy())
+    # Only the classes seen in training have parameters; the others get a -inf bias and are never predicted.
+    weight = np.zeros((x.shape[1], k))
     bias = np.full(k, -np.inf)
-    weight[:, present] = theta[: f * kp].reshape(f, kp)
-    bias[present] = theta[f * kp :]
+    if classes.size == 2:
+        # Two classes: scikit-learn fits one logistic logit for the second; the first keeps logit 0 (the same
+        # argmax, and the same probabilities under a softmax).
+        bias[classes[0]] = 0.0
+        weight[:, classes[1]], bias[classes[1]] = model.coef_[0], model.intercept_[0]
+    else:
+        weight[:, classes], bias[classes] = model.coef_.T, model.intercept_
     return LinearProbe(mean, scale, weight, bias)
-
-
-def fit_probe_or_none(
-    features: np.ndarray, labels: np.ndarray, num_classes: int | None = None, **fit_kwargs: float
-) -> LinearProbe | None:
-    """:func:`fit_linear_probe`, or None when the labels hold fewer than two classes (a key never pressed in
-    training): there is nothing to tell apart."""
-    if np.unique(np.asarray(labels)).size < 2:
-        return None
-    return fit_linear_probe(features, labels, num_classes=num_classes, **fit_kwargs)
 
 
 def probe_scores(
@@ -399,22 +294,3 @@ def probe_scores(
         result = categorical_metrics(np.zeros(labels.size, dtype=np.int64), labels)
         return {**result, "top1": float("nan"), "balanced_accuracy": float("nan")}
     return categorical_metrics(probe.predict(features), labels)
-
-
-def linear_probe_baseline(
-    train_features: np.ndarray,
-    train_labels: np.ndarray,
-    eval_features: np.ndarray,
-    eval_labels: np.ndarray,
-    num_classes: int | None = None,
-    **fit_kwargs: float,
-) -> dict[str, float]:
-    """Fit a probe on the training split and score the held-out one: the bar for a learned head.
-
-    Binary labels (``num_classes`` None): ``event_metrics`` of the held-out logits (AUC, average precision).
-    Categorical: ``categorical_metrics`` of the held-out argmax (top-1, majority rate, balanced accuracy).
-    When the training labels hold fewer than two classes (a key never pressed in training) no probe can be
-    fitted and every score is NaN (the counts are still reported).
-    """
-    probe = fit_probe_or_none(train_features, train_labels, num_classes=num_classes, **fit_kwargs)
-    return probe_scores(probe, eval_features, eval_labels, num_classes)

@@ -43,7 +43,8 @@ def build_param_groups(model: nn.Module, learning_rate: float, weight_decay: flo
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        role = model.parameter_role(name)
+        # A model without roles (the tokenizer) is all backbone.
+        role = model.parameter_role(name) if hasattr(model, "parameter_role") else "backbone"
         key = f"{role}_no_decay" if name in exempt else role
         buckets.setdefault(key, []).append(param)
     groups = []

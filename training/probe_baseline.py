@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.metrics import LinearProbe, fit_probe_or_none, frame_pair_features, probe_scores
+from training.metrics import LinearProbe, fit_linear_probe, frame_pair_features, probe_scores
 
 
 def probe_pool(channels: int, height: int, width: int, max_features: int = 512) -> int:
@@ -53,7 +53,7 @@ def observe(latents: torch.Tensor, level: float, generator: torch.Generator, poo
     """Clean `(B, T, C, H, W)` latents as the agent observes them: at signal `level`, fresh noise. With
     `pool > 1` the latents are already pooled by that factor, and so is the noise: a mean of `pool * pool`
     standard normals, drawn directly with standard deviation `1 / pool` (the same distribution)."""
-    from modeling_dreamer.objectives import add_noise
+    from modeling_dreamer.modeling_dreamer import add_noise
 
     z = latents.float()
     noise = torch.randn(z.shape, generator=generator, device=z.device)
@@ -113,13 +113,13 @@ class ProbeBaseline:
                 labels[name].append(np.concatenate([np.asarray(item[name]) for item in items]))
         x = np.concatenate(features)
         has_action = np.concatenate(labelled).astype(bool)
-        reward = fit_probe_or_none(x, np.concatenate(rewards) != 0)
+        reward = fit_linear_probe(x, np.concatenate(rewards) != 0)
         actions = {}
         for name, spec in action_space.items():
             y = np.concatenate(labels[name])[has_action]
             classes = None if spec["type"] == "binary" else int(spec["n"])
-            actions[name] = fit_probe_or_none(x[has_action], y.astype(bool) if classes is None else y.astype(np.int64),
-                                              num_classes=classes)
+            actions[name] = fit_linear_probe(x[has_action], y.astype(bool) if classes is None else y.astype(np.int64),
+                                             num_classes=classes)
         return cls(reward, actions, len(x))
 
     def metrics(self, features: np.ndarray, reward_true: np.ndarray, reward_mask: np.ndarray,

@@ -1,9 +1,7 @@
-"""What a run writes for people: `metrics.jsonl`, the model card of `final/`, and a per-process state dump
-used by the multi-process tests."""
+"""What a run writes for people: `metrics.jsonl` and the model card of `final/`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -41,12 +39,15 @@ class MetricsLog:
 
 
 def write_model_card(folder: Path, config: Any, stage_description: str, setup: dict[str, Any],
-                     data_summary: dict[str, Any], metrics: dict[str, float]) -> None:
+                     data_summary: dict[str, Any], model_lines: list[str], metrics: dict[str, float]) -> None:
     """`final/README.md` in the Hub's model-card format (`huggingface_hub.ModelCard`): YAML metadata with the
-    library, tags and held-out metrics, then how to load the model, what it was trained on and how."""
+    library, tags and held-out metrics, then how to load the model, what it was trained on and how.
+
+    data_summary: `{"name": dataset name, "lines": markdown bullets about the data}` (`RunData.summary`);
+    model_lines: markdown bullets about the model (`Stage.model_card_lines`)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    architecture = (config.architectures or ["DreamerModel"])[0]
+    architecture = (config.architectures or [type(config).__name__.removesuffix("Config")])[0]
     # The headline (offset 0) metrics; the per-offset curves stay in metrics.jsonl and eval_metrics.json.
     finite = {k: v for k, v in sorted(metrics.items())
               if isinstance(v, (int, float)) and math.isfinite(v) and "/offset_" not in k}
@@ -55,15 +56,11 @@ def write_model_card(folder: Path, config: Any, stage_description: str, setup: d
         tags=["dreamerv4", "world-model", "reinforcement-learning", "modeling_dreamer", setup["stage"]],
         model_name=architecture,
         eval_results=[
-            EvalResult(task_type="reinforcement-learning", dataset_type="dreamer-latents",
+            EvalResult(task_type="reinforcement-learning", dataset_type="dreamer",
                        dataset_name=data_summary["name"], dataset_split="validation", metric_type=name,
                        metric_value=round(value, 6))
             for name, value in finite.items()
         ] or None,
-    )
-    action_space = ", ".join(
-        f"{name} ({spec['type']}{', ' + str(spec['n']) if spec['type'] == 'categorical' else ''})"
-        for name, spec in config.action_space.items()
     )
     body = [
         f"# {architecture}",
@@ -73,22 +70,20 @@ def write_model_card(folder: Path, config: Any, stage_description: str, setup: d
         "## Load",
         "",
         "```python",
-        "import modeling_dreamer  # registers the Dreamer classes with transformers' Auto classes",
-        "from transformers import AutoModel",
+        f"from modeling_dreamer import {architecture}",
         "",
-        'model = AutoModel.from_pretrained("<this folder or Hub id>")',
-        "# without the library installed: AutoModel.from_pretrained(..., trust_remote_code=True)",
+        f'model = {architecture}.from_pretrained("<this folder or Hub id>")',
+        "# without the library installed:",
+        "# transformers.AutoModel.from_pretrained(\"<this folder or Hub id>\", trust_remote_code=True)",
         "```",
         "",
         "## Data",
         "",
-        f"- prepared dataset `{data_summary['name']}`: {data_summary['train_frames']:,} training frames in "
-        f"{data_summary['train_videos']} videos, {data_summary['validation_frames']:,} held-out frames in "
-        f"{data_summary['validation_videos']} videos",
-        f"- latents per frame: ({config.latent_channels}, {config.latent_height}, {config.latent_width})",
-        f"- action space: {action_space}",
-        f"- reward: {data_summary['reward']}",
-        f"- twohot reward bins: {config.num_bins} over [{config.bins_low:.3f}, {config.bins_high:.3f}] in symlog space",
+        *(f"- {line}" for line in data_summary["lines"]),
+        "",
+        "## Model",
+        "",
+        *model_lines,
         "",
         "## Training",
         "",
@@ -108,20 +103,3 @@ def write_model_card(folder: Path, config: Any, stage_description: str, setup: d
     ]
     content = f"---\n{card_data.to_yaml()}\n---\n" + "\n".join(body)
     ModelCard(content).save(folder / "README.md")
-
-
-def dump_rank_state(output_dir: Path, rank: int, model: torch.nn.Module, normalizer: torch.nn.Module,
-                    windows: list[list[int]]) -> None:
-    """What one process holds at the end (testing aid): a checksum of its weights, its normaliser state and
-    the (window, source) draws it trained on, in order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    record = {
-        "rank": rank,
-        "weights_sha256": digest.hexdigest(),
-        "rms_state": {k: v.item() for k, v in normalizer.state_dict().items()},
-        "windows": windows,
-    }
-    (output_dir / f"rank_state_{rank}.json").write_text(json.dumps(record))

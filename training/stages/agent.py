@@ -5,8 +5,7 @@ micro-batch, three loss terms, each normalised by its own running RMS in the loo
 - `dynamics`: the shortcut forcing loss of phase 1, on the examples routed to it (`dynamics_loss_sources`);
 - `reward`: multi-token twohot reward prediction, `h_t` -> `reward[t + n]`, n = 0..L (`reward_loss_sources`),
   offset 0 weighing `mtp_first_offset_weight` of it (docs/reward_diagnosis.md);
-- `bc`: multi-token behaviour cloning of the factorised policy, `h_t` -> `actions[t + n]` (`bc_loss_sources`);
-  with `bc_normalization: component`, one term `bc/<component>` per action component instead.
+- `bc`: multi-token behaviour cloning of the factorised policy, `h_t` -> `actions[t + n]` (`bc_loss_sources`).
 Examples outside the dynamics loss are observed as the agent sees frames at inference: at
 `context_signal_level` and the finest step (docs/training.md explains this choice).
 """
@@ -22,12 +21,13 @@ from torch import nn
 
 from training.metrics import average_precision, balanced_accuracy, majority_rate, masked_mean, roc_auc
 from training.optim import GroupScales
-from training.checkpointing import RunError
+from modeling_dreamer.errors import ArgumentError, RunError
 from training.stages.base import (
     Evaluation,
     StepLosses,
     load_source_config,
     model_kwargs,
+    preset_config,
     routed,
     saved_architecture,
     schema_config_fields,
@@ -60,17 +60,6 @@ class AgentArguments:
         default=1.0,
         metadata={"help": "Weight of the reward term in the sum of RMS-normalised losses (the others weigh 1; "
                   "the real-data recipes use 3, docs/reward_diagnosis.md)."},
-    )
-    reward_importance_weights: bool = field(
-        default=False,
-        metadata={"help": "Weight each window's reward targets by p_uniform / p_sampler, so that oversampling reward "
-                  "windows (relevant_fraction) does not bias the reward head (docs/reward_diagnosis.md)."},
-    )
-    bc_normalization: str = field(
-        default="joint",
-        metadata={"help": "joint: one bc loss term, the policy's joint NLL (the paper); component: each action "
-                  "component's NLL is its own term with its own running RMS, weighted 1 / (number of components), so "
-                  "rarely pressed keys are not drowned by movement (docs/reward_diagnosis.md)."},
     )
     probe_baseline: bool = field(
         default=True,
@@ -108,17 +97,15 @@ class AgentArguments:
                 try:
                     DrawSource.parse(source)
                 except ValueError as error:
-                    raise ValueError(f"{name}: {error}") from None
+                    raise ArgumentError(f"{name}: {error}") from None
         if not 0.0 <= self.context_signal_level <= 1.0:
-            raise ValueError(f"context_signal_level must be in [0, 1], got {self.context_signal_level}")
+            raise ArgumentError(f"context_signal_level must be in [0, 1], got {self.context_signal_level}")
         if not 0.0 < self.mtp_first_offset_weight <= 1.0:
-            raise ValueError(f"mtp_first_offset_weight must be in (0, 1], got {self.mtp_first_offset_weight}")
+            raise ArgumentError(f"mtp_first_offset_weight must be in (0, 1], got {self.mtp_first_offset_weight}")
         if self.reward_loss_weight <= 0:
-            raise ValueError(f"reward_loss_weight must be > 0, got {self.reward_loss_weight}")
-        if self.bc_normalization not in ("joint", "component"):
-            raise ValueError(f"bc_normalization must be joint or component, got {self.bc_normalization!r}")
+            raise ArgumentError(f"reward_loss_weight must be > 0, got {self.reward_loss_weight}")
         if self.probe_max_windows < 1:
-            raise ValueError(f"probe_max_windows must be >= 1, got {self.probe_max_windows}")
+            raise ArgumentError(f"probe_max_windows must be >= 1, got {self.probe_max_windows}")
 
 
 class AgentStage(DynamicsStage):
@@ -132,19 +119,19 @@ class AgentStage(DynamicsStage):
         self.agent_args = args.of(AgentArguments)
         self.train_dynamics = not self.agent_args.freeze_backbone
         self.probe_windows: Any = None
-        self.window_weights: torch.Tensor | None = None  # (N,) importance weight of each training window
         self.probes: Any = None  # training.probe_baseline.ProbeBaseline, fitted at the first evaluation
+        self.episode_ends = False
 
     def bind_data(self, data: Any) -> None:
         """Keeps tiled training windows for the probe baseline (the baseline's frames then do not depend on
-        `window_stride`) and, with `reward_importance_weights`, the sampler's `p_uniform / p_sampler` per window."""
+        `window_stride`)."""
         from data.windows import WindowDataset
 
         windows = data.train_windows
         tiled = windows is None or windows.stride == windows.window_length
         self.probe_windows = windows if tiled else WindowDataset(data.datasets["train"], windows.window_length)
-        if self.agent_args.reward_importance_weights:
-            self.window_weights = torch.from_numpy(data.sampler.importance_weights())
+        # Recorded environments end their episodes: the agent then learns to predict the end (`continuation`).
+        self.episode_ends = windows is not None and bool(windows.terminated.any())
 
     # ---- model ----
 
@@ -155,13 +142,15 @@ class AgentStage(DynamicsStage):
                 "bins_high": float(high if a.bins_high is None else a.bins_high)}
 
     def build_model(self, schema: Any) -> tuple[nn.Module, dict[str, Any]]:
-        from modeling_dreamer import DreamerAgentModel, DreamerConfig
+        from modeling_dreamer import DreamerAgentModel
 
         init_from, overrides = self.args.model.init_from, self.args.model.overrides()
         kwargs = model_kwargs(self.args)
+        if self.episode_ends:
+            overrides = {"continuation_head": True, **overrides}
         if init_from is None:
-            fields = {**schema_config_fields(schema), **self.twohot_range(schema), **overrides}
-            config = DreamerConfig.from_preset(self.args.model.preset, **fields)
+            config = preset_config(self.args, schema, **self.twohot_range(schema),
+                                   **({"continuation_head": True} if self.episode_ends else {}))
             model = DreamerAgentModel._from_config(config, **kwargs)
             return self.built(model), {"init": "scratch", "preset": self.args.model.preset}
         source = load_source_config(init_from, schema)
@@ -180,17 +169,15 @@ class AgentStage(DynamicsStage):
 
     def built(self, model: nn.Module) -> nn.Module:
         """As the dynamics stage, and the model records the context signal level it is trained with (what
-        inference feeds observed frames at)."""
+        inference feeds observed frames at). With episode ends, the continuation head is one more loss term."""
         model.config.context_signal_level = self.agent_args.context_signal_level
-        if self.agent_args.bc_normalization == "component":
-            self.loss_terms = ("dynamics", "reward", *(f"bc/{name}" for name in model.config.action_space))
+        if model.config.continuation_head:
+            self.loss_terms = (*type(self).loss_terms, "continuation")
         return super().built(model)
 
     def loss_weights(self) -> dict[str, float]:
-        """`reward_loss_weight` for the reward term; per-component bc terms share one unit of weight, as the
-        joint term has."""
-        components = [term for term in self.loss_terms if term.startswith("bc/")]
-        return {"reward": self.agent_args.reward_loss_weight, **{term: 1.0 / len(components) for term in components}}
+        """`reward_loss_weight` for the reward term; the others weigh 1."""
+        return {"reward": self.agent_args.reward_loss_weight}
 
     @property
     def context_level(self) -> float:
@@ -231,46 +218,44 @@ class AgentStage(DynamicsStage):
         loss, count, logs = self.reward_loss(out, batch, unwrapped)
         result.losses["reward"], result.counts["reward"] = loss, count
         result.logs.update(logs)
-        losses, count, logs = self.behaviour_cloning_loss(out, batch, unwrapped)
-        result.losses.update(losses)
-        result.counts.update({term: count for term in losses})
+        loss, count, logs = self.behaviour_cloning_loss(out, batch, unwrapped)
+        result.losses["bc"], result.counts["bc"] = loss, count
         result.logs.update(logs)
+        if out.continue_logits is not None:
+            result.losses["continuation"], result.counts["continuation"] = self.continuation_loss(out, batch)
         return result
+
+    def continuation_loss(self, out: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logistic loss of the continuation head against "the episode goes on after this frame" (not terminated;
+        a truncated episode goes on), on the frames of the examples routed to the reward loss."""
+        from training.objectives import continuation_loss
+
+        valid = routed(batch["source"], self.agent_args.reward_loss_sources, batch["terminated"].shape[1])
+        return continuation_loss(out.continue_logits, batch["terminated"], valid)
 
     def reward_loss(self, out: Any, batch: dict[str, Any], unwrapped: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """MTP twohot reward loss on the examples routed to it."""
-        from modeling_dreamer.objectives import mtp_reward_loss
+        from training.objectives import mtp_reward_loss
 
         valid = routed(batch["source"], self.agent_args.reward_loss_sources, batch["reward"].shape[1])
-        weights = None
-        if self.window_weights is not None:
-            # Moved once and indexed on the device: no host synchronisation per step.
-            self.window_weights = self.window_weights.to(batch["reward"].device)
-            weights = self.window_weights[batch["window_index"].to(batch["reward"].device)]
         reward = mtp_reward_loss(out.reward_logits.float(), batch["reward"].float(), valid, unwrapped.reward_bins(),
-                                 first_offset_weight=self.agent_args.mtp_first_offset_weight, example_weights=weights)
+                                 first_offset_weight=self.agent_args.mtp_first_offset_weight)
         logs = {"twohot_clamped": reward.num_clamped}
         logs.update({f"reward_loss/offset_{n}": v for n, v in enumerate(offset_values(reward))})
         return reward.loss, reward.per_offset_count.sum(), logs
 
     def behaviour_cloning_loss(self, out: Any, batch: dict[str, Any], unwrapped: nn.Module
-                               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, Any]]:
-        """MTP behaviour cloning on labelled frames of routed examples: `{"bc": joint NLL of the factorised
-        policy}`, or with `bc_normalization: component` `{"bc/<component>": that component's NLL}`."""
-        from modeling_dreamer.objectives import mtp_policy_loss
+                               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """MTP behaviour cloning on labelled frames of routed examples: the joint NLL of the factorised policy."""
+        from training.objectives import mtp_policy_loss
 
         space = self.model_config.action_space
         valid = batch["has_action"] & routed(batch["source"], self.agent_args.bc_loss_sources, batch["has_action"].shape[1])
         actions = {name: batch[name] for name in space}
-        per_component = self.agent_args.bc_normalization == "component"
         policy = mtp_policy_loss({k: v.float() for k, v in out.policy_logits.items()}, actions, valid, space,
-                                 first_offset_weight=self.agent_args.mtp_first_offset_weight, per_component=per_component)
+                                 first_offset_weight=self.agent_args.mtp_first_offset_weight)
         logs = {f"bc_loss/offset_{n}": v for n, v in enumerate(offset_values(policy))}
-        if per_component:
-            losses = {f"bc/{name}": loss for name, loss in policy.per_component_loss.items()}
-        else:
-            losses = {"bc": policy.loss}
-        return losses, policy.per_offset_count.sum(), logs
+        return policy.loss, policy.per_offset_count.sum(), logs
 
     # ---- evaluation ----
 
@@ -314,7 +299,8 @@ def head_predictions(model: nn.Module, batch: dict[str, Any], generator: torch.G
     factor, for the probe baseline (`probe_latents`, `(B, T, C, H / pool, W / pool)`), and the clean latents
     pooled alike (`probe_clean_latents`, for the probe's AUC over other noise draws)."""
     from modeling_dreamer.distributions import policy_sample
-    from modeling_dreamer.objectives import add_noise, mtp_targets, twohot_decode, twohot_out_of_range
+    from modeling_dreamer.distributions import twohot_decode
+    from training.objectives import add_noise, mtp_targets, twohot_out_of_range
     from training.probe_baseline import pooled_latents
 
     z_clean = batch["latents"].float()
@@ -374,7 +360,7 @@ def reward_event_probabilities(logits: torch.Tensor, bins: torch.Tensor) -> dict
 
 def twohot_bins_of(model: nn.Module, config: Any) -> torch.Tensor:
     """The reward head's bin centres on the model's device."""
-    from modeling_dreamer.objectives import twohot_bins
+    from modeling_dreamer.distributions import twohot_bins
 
     device = next(model.parameters()).device
     return twohot_bins(config.num_bins, config.bins_low, config.bins_high).to(device)

@@ -10,6 +10,7 @@ Adding a stage is one module with a `Stage` subclass plus an entry in `training.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +21,7 @@ from torch import nn
 
 from data.sampler import DrawSource
 from training.arguments import RunArguments
-from training.checkpointing import RunError
+from modeling_dreamer.errors import ArgumentError, RunError
 from training.optim import GroupScales
 
 
@@ -63,6 +64,20 @@ class Stage(ABC):
 
     def __init__(self, args: RunArguments) -> None:
         self.args = args
+        self.num_processes = 1
+        self.reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
+
+    def load_data(self, args: RunArguments, world_size: int) -> Any:
+        """The run's `training.data.RunData`: training sampler and loaders, schema, what a checkpoint records
+        about the data. Default: windows of a prepared latent dataset drawn by the reward-mixture sampler."""
+        from training.data import load_windows
+
+        return load_windows(args, world_size)
+
+    def bind_processes(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor], num_processes: int) -> None:
+        """Called by the loop once the processes are known: `reduce_sum(tensor)` sums a tensor over them (through
+        Accelerate), for losses that need a cross-process count (PMPO's set sizes)."""
+        self.reduce_sum, self.num_processes = reduce_sum, num_processes
 
     def bind_data(self, data: Any) -> None:
         """Called once with the run's `training.loop.RunData` before the model is built, for stages whose
@@ -80,6 +95,19 @@ class Stage(ABC):
     def loss_weights(self) -> dict[str, float]:
         """Weight of each loss term in the sum after RMS normalisation (terms not named weigh 1)."""
         return {}
+
+    def model_card_lines(self, config: Any) -> list[str]:
+        """Markdown bullets about the trained model for its card. Default: a Dreamer model's latents, action space
+        and twohot bins."""
+        action_space = ", ".join(
+            f"{name} ({spec['type']}{', ' + str(spec['n']) if spec['type'] == 'categorical' else ''}"
+            f"{', ' + spec['role'] if spec.get('role', 'both') != 'both' else ''})"
+            for name, spec in config.action_space.items())
+        return [f"- latents per frame: ({config.latent_channels}, {config.latent_height}, {config.latent_width}); "
+                f"time context {config.time_context_length} frames",
+                f"- action space: {action_space}",
+                f"- twohot reward bins: {config.num_bins} over [{config.bins_low:.3f}, {config.bins_high:.3f}] in "
+                "symlog space"]
 
     def clip_groups(self) -> dict[str, tuple[str, ...]]:
         """Parameter groups whose gradients are clipped to `max_grad_norm` each on their own: group name ->
@@ -116,9 +144,33 @@ class Stage(ABC):
 
 
 def routed(source: torch.Tensor, sources: list[str], frames: int) -> torch.Tensor:
-    """(B, T) bool: the frames of the examples whose draw source is one of `sources`."""
-    allowed = torch.tensor([int(DrawSource.parse(s)) for s in sources], device=source.device, dtype=source.dtype)
-    return torch.isin(source, allowed)[:, None].expand(-1, frames)
+    """(B, T) bool: the frames of the examples whose draw source is one of `sources`. Compared with each
+    source's code in turn: no tensor is built from host values (a copy to the device every step)."""
+    allowed = torch.zeros_like(source, dtype=torch.bool)
+    for name in sources:
+        allowed = allowed | (source == int(DrawSource.parse(name)))
+    return allowed[:, None].expand(-1, frames)
+
+
+def routed_rows(batch: dict[str, Any], sources: list[str]) -> list[int]:
+    """The batch positions of the examples whose draw source is one of `sources`, read from the host copy of the
+    sources (`collate_windows`' `sources`), so that choosing them never waits on the device."""
+    allowed = {int(DrawSource.parse(name)) for name in sources}
+    return [i for i, source in enumerate(batch["sources"]) if source in allowed]
+
+
+def device_index(rows: list[int], device: torch.device) -> torch.Tensor:
+    """`rows` as an int64 index on `device`; on CUDA by a non-blocking copy from pinned memory (a plain copy of
+    host memory would wait for the device)."""
+    index = torch.tensor(rows, dtype=torch.long)
+    return index.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else index.to(device)
+
+
+def select_rows(tensor: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """`tensor[rows]` along the batch dimension (the tensor itself when `rows` are all of it, in order)."""
+    if rows == list(range(tensor.shape[0])):
+        return tensor
+    return tensor.index_select(0, device_index(rows, tensor.device))
 
 
 def schema_config_fields(schema: Any) -> dict[str, Any]:
@@ -130,6 +182,19 @@ def schema_config_fields(schema: Any) -> dict[str, Any]:
         "latent_width": int(width),
         "action_space": dict(schema.action_space),
     }
+
+
+def preset_config(args: RunArguments, schema: Any, **fields: Any) -> Any:
+    """A new model's `DreamerConfig`: the `preset`, the fields the dataset fixes, `fields`, then the recipe's
+    `model_overrides`; a bad preset or override is an `ArgumentError` naming it."""
+    from modeling_dreamer import DreamerConfig
+
+    try:
+        return DreamerConfig.from_preset(args.model.preset, **{**schema_config_fields(schema), **fields,
+                                                               **args.model.overrides()})
+    except (ValueError, TypeError) as error:
+        raise ArgumentError(f"preset {args.model.preset!r} with model_overrides {args.model.model_overrides}: "
+                            f"{error}") from None
 
 
 def load_source_config(init_from: str, schema: Any) -> Any:

@@ -14,16 +14,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.checkpointing import RunError
+from modeling_dreamer.errors import ArgumentError, RunError
 from training.stages.base import (
     Evaluation,
     Stage,
     StepLosses,
+    device_index,
     load_source_config,
     model_kwargs,
+    preset_config,
     routed,
+    routed_rows,
     saved_architecture,
     schema_config_fields,
+    select_rows,
 )
 
 
@@ -47,11 +51,14 @@ class DynamicsArguments:
         from data.sampler import DrawSource
 
         for source in self.dynamics_loss_sources:
-            DrawSource.parse(source)
+            try:
+                DrawSource.parse(source)
+            except ValueError as error:
+                raise ArgumentError(f"dynamics_loss_sources: {error}") from None
         if not 0.0 <= self.independent_frames_ratio <= 1.0:
-            raise ValueError(f"independent_frames_ratio must be in [0, 1], got {self.independent_frames_ratio}")
+            raise ArgumentError(f"independent_frames_ratio must be in [0, 1], got {self.independent_frames_ratio}")
         if self.shortcut_flow_fraction is not None and not 0.0 <= self.shortcut_flow_fraction <= 1.0:
-            raise ValueError(f"shortcut_flow_fraction must be in [0, 1], got {self.shortcut_flow_fraction}")
+            raise ArgumentError(f"shortcut_flow_fraction must be in [0, 1], got {self.shortcut_flow_fraction}")
 
 
 @dataclass
@@ -65,6 +72,7 @@ class NoisedBatch:
     step_size: torch.Tensor  # (B, T)
     inputs: dict[str, Any]  # actions, action_mask, independent_frames
     dynamics_mask: torch.Tensor  # (B, T) bool
+    dynamics_rows: list[int]  # the examples of dynamics_mask, on the host
 
 
 class DynamicsStage(Stage):
@@ -78,13 +86,11 @@ class DynamicsStage(Stage):
         self.dynamics_args = args.of(DynamicsArguments)
 
     def build_model(self, schema: Any) -> tuple[nn.Module, dict[str, Any]]:
-        from modeling_dreamer import DreamerConfig, DreamerModel
+        from modeling_dreamer import DreamerModel
 
         init_from = self.args.model.init_from
         if init_from is None:
-            config = DreamerConfig.from_preset(
-                self.args.model.preset, **{**schema_config_fields(schema), **self.args.model.overrides()}
-            )
+            config = preset_config(self.args, schema)
             model = DreamerModel._from_config(config, **model_kwargs(self.args))
             return self.built(model), {"init": "scratch", "preset": self.args.model.preset}
         source = load_source_config(init_from, schema)
@@ -108,7 +114,7 @@ class DynamicsStage(Stage):
 
     def noised_batch(self, batch: dict[str, Any], generator: torch.Generator, train_dynamics: bool = True) -> NoisedBatch:
         """Draw the shortcut-grid noise of a micro-batch (all randomness from `generator`, on its device)."""
-        from modeling_dreamer.objectives import add_noise, sample_signal_and_step
+        from training.objectives import add_noise, sample_signal_and_step
 
         z_clean = batch["latents"].float()
         b, t = z_clean.shape[:2]
@@ -119,12 +125,13 @@ class DynamicsStage(Stage):
         noise = torch.randn(z_clean.shape, generator=generator, device=device)
         independent = torch.rand(b, generator=generator, device=device) < self.dynamics_args.independent_frames_ratio
         dynamics_mask = routed(batch["source"], self.dynamics_args.dynamics_loss_sources, t)
+        dynamics_rows = routed_rows(batch, self.dynamics_args.dynamics_loss_sources)
         if not train_dynamics:
-            dynamics_mask = torch.zeros_like(dynamics_mask)
+            dynamics_mask, dynamics_rows = torch.zeros_like(dynamics_mask), []
         tau, step_size = self.observe_outside_dynamics(tau, step_size, dynamics_mask)
         actions = {name: batch[name] for name in self.model_config.action_space}
         inputs = dict(actions=actions, action_mask=batch["has_action"], independent_frames=independent)
-        return NoisedBatch(z_clean, add_noise(z_clean, tau, noise), tau, step_size, inputs, dynamics_mask)
+        return NoisedBatch(z_clean, add_noise(z_clean, tau, noise), tau, step_size, inputs, dynamics_mask, dynamics_rows)
 
     def observe_outside_dynamics(
         self, tau: torch.Tensor, step_size: torch.Tensor, dynamics_mask: torch.Tensor
@@ -136,26 +143,29 @@ class DynamicsStage(Stage):
         self, latent_pred: torch.Tensor, noised: NoisedBatch, unwrapped: nn.Module
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """(loss, count, logs) of the shortcut forcing term for a forward pass's `latent_pred`."""
-        from modeling_dreamer.objectives import bootstrap_target, shortcut_forcing_loss
+        from training.objectives import bootstrap_target, shortcut_forcing_loss
 
         d_min = 1.0 / self.model_config.k_max
         z_tilde, tau, step_size, mask = noised.z_tilde, noised.tau, noised.step_size, noised.dynamics_mask
-        # The two bootstrap passes run, without gradient and on the live weights, only on the examples that
-        # have a counted frame with d > d_min.
-        rows = ((step_size > d_min) & mask).any(dim=1)
+        # The two bootstrap passes run, without gradient and on the live weights, on the examples routed to the
+        # dynamics loss, chosen from the host copy of their draw sources (no wait on the device).
+        rows = noised.dynamics_rows
         bootstrap = torch.zeros_like(noised.z_clean)
-        if bool(rows.any()):
+        if rows:
             inputs = noised.inputs
             sub_inputs = dict(
-                actions={name: value[rows] for name, value in inputs["actions"].items()},
-                action_mask=inputs["action_mask"][rows],
-                independent_frames=inputs["independent_frames"][rows],
+                actions={name: select_rows(value, rows) for name, value in inputs["actions"].items()},
+                action_mask=select_rows(inputs["action_mask"], rows),
+                independent_frames=select_rows(inputs["independent_frames"], rows),
             )
 
             def predict(z: torch.Tensor, level: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
                 return unwrapped(z, level, step, **sub_inputs).latent_pred.float()
 
-            bootstrap[rows] = bootstrap_target(predict, z_tilde[rows], tau[rows], step_size[rows], d_min)
+            target = bootstrap_target(predict, select_rows(z_tilde, rows), select_rows(tau, rows),
+                                      select_rows(step_size, rows), d_min)
+            bootstrap = target if len(rows) == bootstrap.shape[0] else bootstrap.index_copy(
+                0, device_index(rows, bootstrap.device), target)
         shortcut = shortcut_forcing_loss(latent_pred.float(), noised.z_clean, z_tilde, tau, step_size, d_min, bootstrap, mask)
         logs = {"dynamics_flow": shortcut.flow_loss.detach(), "dynamics_bootstrap": shortcut.bootstrap_loss.detach()}
         return shortcut.loss, mask.sum(), logs
@@ -186,7 +196,7 @@ class DynamicsStage(Stage):
             yield batch, generator
 
     def evaluate_batch(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        from modeling_dreamer.objectives import add_noise, sample_signal_and_step, shortcut_forcing_loss
+        from training.objectives import add_noise, sample_signal_and_step, shortcut_forcing_loss
 
         config = self.model_config
         z_clean = batch["latents"].float()

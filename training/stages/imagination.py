@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpointing import RunError
+from modeling_dreamer.errors import ArgumentError, RunError
 from training.metrics import masked_mean
 from training.optim import GroupScales
 from training.stages.agent import head_predictions
@@ -50,23 +50,25 @@ class ImaginationArguments:
 
     def __post_init__(self) -> None:
         if self.imagination_horizon < 1 or self.imagination_num_steps < 1:
-            raise ValueError("imagination_horizon and imagination_num_steps must be >= 1")
+            raise ArgumentError("imagination_horizon and imagination_num_steps must be >= 1")
         if not 0.0 < self.discount <= 1.0 or not 0.0 <= self.return_lambda <= 1.0:
-            raise ValueError(f"discount must be in (0, 1] and return_lambda in [0, 1], got {self.discount}, "
+            raise ArgumentError(f"discount must be in (0, 1] and return_lambda in [0, 1], got {self.discount}, "
                              f"{self.return_lambda}")
         if self.imagination_context is not None and self.imagination_context < 1:
-            raise ValueError(f"imagination_context must be >= 1 (context frames before a rollout) or None (the whole "
+            raise ArgumentError(f"imagination_context must be >= 1 (context frames before a rollout) or None (the whole "
                              f"window), got {self.imagination_context}")
         if not 0.0 <= self.pmpo_alpha <= 1.0 or self.pmpo_beta < 0:
-            raise ValueError(f"pmpo_alpha must be in [0, 1] and pmpo_beta >= 0, got {self.pmpo_alpha}, {self.pmpo_beta}")
+            raise ArgumentError(f"pmpo_alpha must be in [0, 1] and pmpo_beta >= 0, got {self.pmpo_alpha}, {self.pmpo_beta}")
 
 
 def return_range(reward_min: float, reward_max: float, discount: float) -> tuple[float, float]:
     """A value twohot range (symlog space) that holds every return: the largest reward magnitude of either
     sign earned on every frame forever, `r / (1 - gamma)`, padded by 10% (at least 0.5). Symmetric, so the
     zero-initialised value head starts at a value of exactly 0 (the decoded mean of symmetric bins)."""
+    from modeling_dreamer.symlog import symlog
+
     horizon = 1.0 / (1.0 - discount) if discount < 1 else 1e4
-    largest = float(np.log1p(max(abs(reward_min), abs(reward_max)) * horizon))
+    largest = float(symlog(max(abs(reward_min), abs(reward_max)) * horizon))
     bound = round(largest + max(0.1 * largest, 0.5), 1)
     return -bound, bound
 
@@ -155,7 +157,7 @@ class ImaginationStage(Stage):
         heads = model(agent_hidden=rollout.agent_hidden)  # through the (distributed) model: the heads' gradients
         policy_loss, policy_logs = self.policy_loss(heads, rollout, unwrapped)
         value, value_logs = self.value_loss(heads, rollout, unwrapped)
-        count = torch.tensor(float(rollout.rewards.numel()), device=rollout.rewards.device)
+        count = torch.full((), float(rollout.rewards.numel()), device=rollout.rewards.device)  # no copy from the host
         return StepLosses({"policy": policy_loss, "value": value}, {"policy": count, "value": count},
                           {**policy_logs, **value_logs})
 
@@ -166,7 +168,7 @@ class ImaginationStage(Stage):
     def policy_loss(self, heads: Any, rollout: Any, unwrapped: nn.Module) -> tuple[torch.Tensor, dict[str, Any]]:
         """PMPO on the imagined actions, advantages `R - v` (stopped), reverse KL to the prior."""
         from modeling_dreamer.distributions import component_entropy, policy_log_prob
-        from modeling_dreamer.objectives import pmpo_loss, policy_kl
+        from training.objectives import pmpo_loss, pmpo_set_sizes, policy_kl
 
         space, a = self.model_config.action_space, self.imagination_args
         horizon = rollout.rewards.shape[1]
@@ -175,7 +177,9 @@ class ImaginationStage(Stage):
         advantages = self.returns(rollout) - rollout.values[:, :horizon]
         log_probs = policy_log_prob(policy, rollout.actions, space)
         kl = policy_kl(policy, prior, space)
-        pmpo = pmpo_loss(log_probs, advantages, kl, alpha=a.pmpo_alpha, beta=a.pmpo_beta)
+        set_sizes = self.reduce_sum(pmpo_set_sizes(advantages))  # PMPO's sets span every process's rollouts
+        pmpo = pmpo_loss(log_probs, advantages, kl, alpha=a.pmpo_alpha, beta=a.pmpo_beta, set_sizes=set_sizes,
+                         num_processes=self.num_processes)
         logs = {"positive_share": pmpo.positive_share, "kl_to_prior": pmpo.kl,
                 "imagined_reward": rollout.rewards.sum(1).mean(), "advantage_abs": advantages.abs().mean()}
         for name, spec in space.items():
@@ -184,7 +188,7 @@ class ImaginationStage(Stage):
 
     def value_loss(self, heads: Any, rollout: Any, unwrapped: nn.Module) -> tuple[torch.Tensor, dict[str, Any]]:
         """Twohot cross entropy of the value head against the stopped lambda-returns."""
-        from modeling_dreamer.objectives import value_loss
+        from training.objectives import value_loss
 
         horizon = rollout.rewards.shape[1]
         returns = self.returns(rollout)
@@ -201,7 +205,7 @@ class ImaginationStage(Stage):
         held-out frames themselves, behaviour-cloning top-1 of the policy and of the prior (how far the policy
         drifted from the data)."""
         from modeling_dreamer.distributions import component_entropy
-        from modeling_dreamer.objectives import policy_kl, value_loss
+        from training.objectives import policy_kl, value_loss
 
         unwrapped = accelerator.unwrap_model(model)
         space = self.model_config.action_space
@@ -242,6 +246,8 @@ class ImaginationStage(Stage):
 
 
 def lambda_returns_of(rollout: Any, discount: float, lam: float) -> torch.Tensor:
-    from modeling_dreamer.objectives import lambda_returns
+    from training.objectives import lambda_returns
 
-    return lambda_returns(rollout.rewards, rollout.values, None, gamma=discount, lam=lam)
+    # With a continuation head, a return stops where the model predicts the episode ends (never at a truncation:
+    # the head learned terminations only).
+    return lambda_returns(rollout.rewards, rollout.values, rollout.continues, gamma=discount, lam=lam)
