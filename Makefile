@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow test-all demo bench clean
+.PHONY: setup test test-slow test-all demo demo-full bench clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ test-all: setup
 
 demo: setup
 	$(PY) scripts/demo.py --output demo_output
+
+# The longer demo: 400 game episodes per agent and held-out evaluations during phases 2 and 3.
+demo-full: setup
+	$(PY) scripts/demo.py --output demo_output --full
 
 clean:
 	rm -rf demo_output demo_data bench_output
