@@ -32,7 +32,8 @@ class WindowDataset:
     `ds[i]` and `ds[(i, source)]` return a dict of numpy arrays:
     `latents (T, C, H, W) float16`, `reward (T,) float32`, `death (T,) bool`, one `(T,)` array per
     action component (int64 categorical, bool binary), `has_action (T,) bool`, `terminated (T,) bool` (an
-    episode's terminal frame; all False without the column), `frame_index (T,) int32`, `video_id str`,
+    episode's terminal frame; all False without the column), with a state vector `state (T, S) float32` and
+    `state_mask (T, S) bool`, `frame_index (T,) int32`, `video_id str`,
     `source int` (0 uniform, 1 relevant), `window_index int`.
     """
 
@@ -68,6 +69,13 @@ class WindowDataset:
         # column (recordings of matches, the user's videos) never end an episode inside a window.
         self.terminated = (table.column("terminated").to_numpy(zero_copy_only=False) if "terminated" in table.column_names
                            else np.zeros(len(self.frame_index), bool))
+        # The per-frame state vector (read from the game), with which of its values were read.
+        size = len(self.schema.state_names)
+        self.state = self.state_mask = None
+        if size:
+            self.state = table.column("state").combine_chunks().flatten().to_numpy().reshape(-1, size).astype(np.float32)
+            self.state_mask = table.column("state_mask").combine_chunks().flatten().to_numpy(
+                zero_copy_only=False).reshape(-1, size)
 
         rows = len(self.frame_index)
         run_breaks = np.ones(rows, bool)
@@ -149,6 +157,8 @@ class WindowDataset:
             **{name: values[rows].copy() for name, values in self.actions.items()},
             "has_action": self.has_action[rows].copy(),
             "terminated": self.terminated[rows].copy(),
+            **({"state": self.state[rows].copy(), "state_mask": self.state_mask[rows].copy()}
+               if self.state is not None else {}),
             "frame_index": self.frame_index[rows].copy(),
             "video_id": self.video_names[self.video_code[start]],
             "source": int(source),

@@ -71,6 +71,13 @@ class DreamerConfig(PretrainedConfig):
             (``prior_policy_head``), the prior of imagination training (phase 3).
         continuation_head: the agent predicts whether the episode goes on after each frame (``continue_logits``),
             for environments whose episodes end; imagination's returns stop at predicted ends.
+        state_size, state_names: an optional per-frame state vector (e.g. health and level read from a game) of
+            ``state_size`` named values, embedded as one more token per frame (an input of the world model, like
+            the latents); 0: none.
+        predict_state: the agent model also predicts the frame's state vector from its agent state
+            (``state_pred``, an auxiliary head).
+        tokenizer_name, tokenizer_hash: the tokenizer whose latents the model was trained on (recorded at
+            prepare time); a model refuses a tokenizer that differs (``check_tokenizer``).
 
     The earlier names ``attn_logit_softcap`` and ``agent_tokens_per_frame`` are accepted (keyword or
     saved ``config.json``) and read/write the fields above.
@@ -113,6 +120,11 @@ class DreamerConfig(PretrainedConfig):
         value_bins_high: float | None = None,
         use_behavior_prior: bool = False,
         continuation_head: bool = False,
+        state_size: int = 0,
+        state_names: list[str] | None = None,
+        predict_state: bool = False,
+        tokenizer_name: str | None = None,
+        tokenizer_hash: str | None = None,
         **kwargs: Any,
     ) -> None:
         for old, new in RENAMED_FIELDS.items():
@@ -155,6 +167,11 @@ class DreamerConfig(PretrainedConfig):
         self.value_bins_high = value_bins_high
         self.use_behavior_prior = use_behavior_prior
         self.continuation_head = continuation_head
+        self.state_size = state_size
+        self.state_names = list(state_names) if state_names is not None else [f"state_{i}" for i in range(state_size)]
+        self.predict_state = predict_state
+        self.tokenizer_name = tokenizer_name
+        self.tokenizer_hash = tokenizer_hash
         super().__init__(**kwargs)
         # AutoModel maps this config to a tuple of classes and picks one by `architectures`;
         # transformers iterates that field without a None check, so it stays a list ([] = none).
@@ -186,6 +203,10 @@ class DreamerConfig(PretrainedConfig):
         if self.num_bins < 2 or not self.bins_high > self.bins_low:
             problems.append(f"twohot bins need num_bins >= 2 and bins_high > bins_low, got {self.num_bins}, "
                             f"[{self.bins_low}, {self.bins_high}]")
+        if self.state_size < 0 or len(self.state_names) != self.state_size:
+            problems.append(f"state_size {self.state_size} must be >= 0 and match the {len(self.state_names)} state_names")
+        if self.predict_state and not self.state_size:
+            problems.append("predict_state needs a state vector (state_size > 0)")
         if self.time_context_length is not None and self.time_context_length < 1:
             problems.append(f"time_context_length {self.time_context_length} must be >= 1 (or None: unlimited)")
         if not 0.0 <= self.context_signal_level <= 1.0:

@@ -146,17 +146,44 @@ def policy_log_prob(
     )
 
 
+def bias_logits(logits: torch.Tensor, bias: float | torch.Tensor, spec: Mapping[str, Any], name: str = "") -> torch.Tensor:
+    """``logits (..., n)`` plus a bias (a float, or ``(n,)`` per class). ``+inf`` forces a class (among several
+    forced ones, uniformly; for a binary component, pressing), ``-inf`` rules it out (not pressing)."""
+    _check_component(logits, spec, name)
+    bias = torch.as_tensor(bias, dtype=torch.float32, device=logits.device).expand(logits.shape[-1:])
+    logits = logits.float()
+    forced = torch.isposinf(bias)
+    if spec["type"] == "categorical" and bool(forced.any()):
+        # softmax(+inf) is NaN: the forced classes share the probability, every other class gets none.
+        return torch.where(forced, torch.zeros_like(logits), torch.full_like(logits, float("-inf")))
+    return logits + bias
+
+
 def policy_sample(
     policy_logits: Mapping[str, torch.Tensor],
     action_space: Mapping[str, Mapping],
     greedy: bool = False,
-    temperature: float = 1.0,
+    temperature: float | Mapping[str, float] = 1.0,
     generator: torch.Generator | None = None,
+    logit_bias: Mapping[str, float | torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One action per component ``{name: (...)}``, drawn independently (the policy is their product)."""
-    if not greedy:
-        check_temperature(temperature, "policy_sample")
-    return {
-        name: component_sample(policy_logits[name], spec, greedy, temperature, generator, name)
-        for name, spec in action_space.items()
-    }
+    """One action per component ``{name: (...)}``, drawn independently (the policy is their product).
+
+    ``temperature``: one for every component or ``{component: temperature}`` (components not named: 1);
+    ``logit_bias``: ``{component: float or (n,) tensor}`` added to that component's logits first
+    (:func:`bias_logits`: ``+inf`` forces, ``-inf`` forbids)."""
+    unknown = sorted(set(logit_bias or {}) - set(action_space))
+    if isinstance(temperature, Mapping):
+        unknown += sorted(set(temperature) - set(action_space))
+    if unknown:
+        raise ValueError(f"policy_sample: no policy component {unknown}; the policy has {list(action_space)}")
+    actions = {}
+    for name, spec in action_space.items():
+        logits = policy_logits[name]
+        if logit_bias and name in logit_bias:
+            logits = bias_logits(logits, logit_bias[name], spec, name)
+        component_temperature = temperature.get(name, 1.0) if isinstance(temperature, Mapping) else temperature
+        if not greedy:
+            check_temperature(component_temperature, f"policy_sample ({name!r})")
+        actions[name] = component_sample(logits, spec, greedy, component_temperature, generator, name)
+    return actions

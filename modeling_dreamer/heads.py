@@ -93,6 +93,19 @@ class DreamerPolicyHead(nn.Module):
         }
 
 
+class DreamerStateHead(nn.Module):
+    """``(B, T, D)`` -> ``(B, T, state_size)``: the frame's state vector read back from the agent state (an
+    auxiliary head: what the latents miss, e.g. health and level, should reach the agent)."""
+
+    def __init__(self, config: DreamerConfig) -> None:
+        super().__init__()
+        self.mlp = DreamerHeadMLP(config)
+        self.out = nn.Linear(self.mlp.out_features, config.state_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out(self.mlp(hidden))
+
+
 class DreamerContinueHead(nn.Module):
     """``(B, T, D)`` -> ``(B, T)`` logits of ``P(the episode continues after frame t)``: 0 where frame ``t`` is
     terminal (the environment's ``terminated``, never its ``truncated``). Imagination stops its returns where this

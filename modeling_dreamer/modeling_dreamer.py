@@ -2,7 +2,8 @@
 
 Token layout of one frame (``S`` slots), in this order:
 
-    [ latent tokens (H/p * W/p) | registers (R) | noise token (1) | action token (1) | agent tokens (A) ]
+    [ latent tokens (H/p * W/p) | registers (R) | noise token (1) | action token (1) | state token (0 or 1) |
+      agent tokens (A) ]
 
 The agent tokens exist only in :class:`DreamerAgentModel` and are always last, so the space
 attention's firewall is "the last ``A`` slots". Conventions (tau, d, actions) follow
@@ -35,7 +36,14 @@ from .attention import (
 )
 from .configuration_dreamer import DreamerConfig
 from .distributions import policy_log_prob, policy_sample, twohot_bins, twohot_decode
-from .heads import DreamerContinueHead, DreamerPolicyHead, DreamerRewardHead, DreamerValueHead, DreamerZeroLinear
+from .heads import (
+    DreamerContinueHead,
+    DreamerPolicyHead,
+    DreamerRewardHead,
+    DreamerStateHead,
+    DreamerValueHead,
+    DreamerZeroLinear,
+)
 from .layers import DreamerBlock, DreamerRMSNorm, rotary_tables
 from .validation import (
     check_generator,
@@ -77,6 +85,7 @@ class DreamerAgentOutput(ModelOutput):
     value_logits: torch.Tensor | None = None  # (B, T, num_bins)
     prior_policy_logits: dict[str, torch.Tensor] | None = None  # as policy_logits; with config.use_behavior_prior
     continue_logits: torch.Tensor | None = None  # (B, T): the episode goes on after frame t; config.continuation_head
+    state_pred: torch.Tensor | None = None  # (B, T, state_size): the frame's state read back; config.predict_state
     cache: DreamerCache | None = None  # also readable as `past_key_values`
 
     @property
@@ -121,7 +130,7 @@ def _concat_frames(pieces: list[DreamerAgentOutput]) -> DreamerAgentOutput:
         return torch.cat(values, dim=1)
 
     fields = ("latent_pred", "agent_hidden", "reward_logits", "policy_logits", "value_logits", "prior_policy_logits",
-              "continue_logits")
+              "continue_logits", "state_pred")
     return DreamerAgentOutput(**{name: cat([getattr(p, name) for p in pieces]) for name in fields}, cache=pieces[-1].cache)
 
 
@@ -152,6 +161,29 @@ def add_noise(z: torch.Tensor, tau: torch.Tensor, noise: torch.Tensor) -> torch.
     """
     tau = tau.reshape(tau.shape + (1,) * (z.dim() - tau.dim())).to(z.dtype)
     return (1 - tau) * noise + tau * z
+
+
+def complete_inputs(chosen: Mapping[str, torch.Tensor], held: Mapping[str, torch.Tensor] | None,
+                    config: DreamerConfig) -> dict[str, torch.Tensor]:
+    """The world-model inputs of an action the policy chose: ``{input component: (B,)}``.
+
+    A component that is both an input and a target is the chosen value itself; a held input (``"held": {"flag",
+    "value"}`` in the action space, e.g. the last click's cell) takes its value target where its flag target fires
+    and keeps ``held[name]`` (its value at the previous frame; 0 when unknown) elsewhere. An input that is neither
+    cannot be chosen by a policy: ``ValueError`` naming it.
+    """
+    inputs = {}
+    for name, spec in config.input_space.items():
+        if name in chosen:
+            inputs[name] = chosen[name]
+        elif "held" in spec:
+            flag, value = chosen[spec["held"]["flag"]], chosen[spec["held"]["value"]]
+            before = held[name] if held is not None and name in held else torch.zeros_like(value)
+            inputs[name] = torch.where(flag.bool(), value, before.to(value.dtype))
+        else:
+            raise ValueError(f"action component {name!r} is a world-model input that no policy target sets (give it "
+                             "role 'both', or 'held' from targets): an agent cannot choose it")
+    return inputs
 
 
 def shortcut_sample(
@@ -248,7 +280,9 @@ class DreamerActionEmbedding(nn.Module):
 
 
 class DreamerFrameEmbeddings(nn.Module):
-    """Inputs of one frame -> its non-agent tokens ``(B, T, N_z + R + 2, D)``."""
+    """Inputs of one frame -> its non-agent tokens ``(B, T, N_z + R + 2 (+ 1), D)``: with ``config.state_size``
+    one more token per frame embeds the frame's state vector (a linear embedding of the known values and of which
+    values are known, the paper's embedding of continuous inputs)."""
 
     def __init__(self, config: DreamerConfig) -> None:
         super().__init__()
@@ -259,6 +293,7 @@ class DreamerFrameEmbeddings(nn.Module):
         self.signal_embed = nn.Embedding(config.k_max + 1, config.hidden_size // 2)
         self.step_embed = nn.Embedding(int(math.log2(config.k_max)) + 1, config.hidden_size // 2)
         self.actions = DreamerActionEmbedding(config)
+        self.state_proj = nn.Linear(2 * config.state_size, config.hidden_size) if config.state_size else None
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
         """``(B, T, C, H, W)`` -> ``(B, T, H/p * W/p, C * p * p)``, patches in row-major order."""
@@ -287,6 +322,8 @@ class DreamerFrameEmbeddings(nn.Module):
         action_mask: torch.Tensor | None,
         independent_frames: torch.Tensor | None,
         previous_actions: tuple[dict[str, torch.Tensor] | None, torch.Tensor | None] | None = None,
+        state: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, t = latents.shape[:2]
         latent_tokens = self.latent_proj(self.patchify(latents))
@@ -294,7 +331,23 @@ class DreamerFrameEmbeddings(nn.Module):
         noise_token = torch.cat([self.signal_embed(tau_index), self.step_embed(step_index)], dim=-1)
         action_token = self.actions(actions, action_mask, independent_frames, b, t, previous_actions)
         registers = self.registers.expand(b, t, -1, -1)
-        return torch.cat([latent_tokens, registers, noise_token[:, :, None], action_token[:, :, None]], dim=2)
+        tokens = [latent_tokens, registers, noise_token[:, :, None], action_token[:, :, None]]
+        if self.state_proj is not None:
+            tokens.append(self.state_token(state, state_mask, b, t, latent_tokens)[:, :, None])
+        return torch.cat(tokens, dim=2)
+
+    def state_token(self, state: torch.Tensor | None, state_mask: torch.Tensor | None, b: int, t: int,
+                    like: torch.Tensor) -> torch.Tensor:
+        """``state (B, T, S)``, ``state_mask (B, T, S)`` bool (None: all known; no state: nothing known) ->
+        ``(B, T, D)``. Unknown values enter as 0 and say so through the mask half of the input."""
+        size = self.config.state_size
+        if state is None:
+            values = torch.zeros(b, t, size, device=like.device, dtype=like.dtype)
+            known = torch.zeros_like(values)
+        else:
+            known = torch.ones_like(state, dtype=like.dtype) if state_mask is None else state_mask.to(like.dtype)
+            values = torch.where(known > 0, state.to(like.dtype), 0.0)
+        return self.state_proj(torch.cat([values, known], dim=-1))
 
 
 class DreamerAgentTokens(nn.Module):
@@ -413,12 +466,14 @@ class DreamerModel(DreamerPreTrainedModel):
         independent_frames: torch.Tensor | None = None,
         agent_tokens: torch.Tensor | None = None,
         synchronous: bool | None = None,
+        state: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
     ) -> None:
         """Raise ``ValueError`` naming the argument (and action component) of an invalid input; what
         is checked where: ``validation.check_model_inputs``. ``forward`` calls it first."""
         check_model_inputs(
             self.config, latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames,
-            agent_tokens, synchronous=synchronous, where=type(self).__name__,
+            agent_tokens, synchronous=synchronous, where=type(self).__name__, state=state, state_mask=state_mask,
         )
 
     def forward(
@@ -434,6 +489,8 @@ class DreamerModel(DreamerPreTrainedModel):
         skip_input_checks: bool = False,
         past_key_values: DreamerCache | None = None,
         use_cache: bool = False,
+        state: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
     ) -> DreamerModelOutput:
         """Predict clean latents.
 
@@ -454,13 +511,17 @@ class DreamerModel(DreamerPreTrainedModel):
                 recorded for the last committed frame). Read only, unless ``use_cache``.
             use_cache: commit the frames fed: append their time-layer keys and values to
                 ``past_key_values`` (a new cache when None) and remember their last action.
+            state: ``(B, T, state_size)`` float, the frames' state vectors (with ``config.state_size``), an input
+                of the frame observed at t like its latents; None: nothing known.
+            state_mask: ``(B, T, state_size)`` bool, True where a state value is known (None: all known).
         Returns:
             :class:`DreamerModelOutput` with ``latent_pred (B, T, C, H, W)``, if agent tokens were given
             their final states ``agent_states (B, T, A, D)`` (before any norm), and the cache.
         """
         if not skip_input_checks:
             self.validate_inputs(
-                latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames, agent_tokens
+                latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames, agent_tokens,
+                state=state, state_mask=state_mask,
             )
         b, t = latents.shape[:2]
         c = self.config
@@ -472,7 +533,8 @@ class DreamerModel(DreamerPreTrainedModel):
         if independent_frames is not None:
             independent_frames = independent_frames.to(device=latents.device, dtype=torch.bool)
         previous = (cache.last_actions, cache.last_action_labeled) if cache is not None else None
-        hidden = self.embeddings(latents, signal_level, step_size, actions, action_mask, independent_frames, previous)
+        hidden = self.embeddings(latents, signal_level, step_size, actions, action_mask, independent_frames, previous,
+                                 state, state_mask)
         num_agent = 0 if agent_tokens is None else agent_tokens.shape[2]
         if num_agent:
             hidden = torch.cat([hidden, agent_tokens.to(hidden.dtype)], dim=2)
@@ -547,6 +609,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         "value_head": "heads",
         "prior_policy_head": "heads",
         "continue_head": "heads",
+        "state_head": "heads",
     }
 
     def __init__(self, config: DreamerConfig) -> None:
@@ -561,6 +624,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         # model so that a finetuned agent still knows it.
         self.prior_policy_head = DreamerPolicyHead(config) if config.use_behavior_prior else None
         self.continue_head = DreamerContinueHead(config) if config.continuation_head else None
+        self.state_head = DreamerStateHead(config) if config.predict_state else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -580,11 +644,13 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         task_ids: torch.Tensor | None = None,
         independent_frames: torch.Tensor | None = None,
         synchronous: bool | None = None,
+        state: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
     ) -> None:
         """As :meth:`DreamerModel.validate_inputs`; ``forward`` calls it first."""
         check_model_inputs(
             self.config, latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames,
-            synchronous=synchronous, where=type(self).__name__,
+            synchronous=synchronous, where=type(self).__name__, state=state, state_mask=state_mask,
         )
 
     def forward(
@@ -599,6 +665,8 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         past_key_values: DreamerCache | None = None,
         use_cache: bool = False,
         agent_hidden: torch.Tensor | None = None,
+        state: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
     ) -> DreamerAgentOutput:
         """Arguments as :meth:`DreamerModel.forward`; ``task_ids (B,)`` or ``(B, T)``, None = task 0.
 
@@ -612,7 +680,8 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         if agent_hidden is None:
             if latents is None or signal_level is None:
                 raise ValueError("DreamerAgentModel: give latents and signal_level, or agent_hidden (heads only)")
-            self.validate_inputs(latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames)
+            self.validate_inputs(latents, signal_level, step_size, actions, action_mask, task_ids, independent_frames,
+                                 state=state, state_mask=state_mask)
             b, t = latents.shape[:2]
             agent_inputs = self.agent_tokens(task_ids, b, t)
             out = self.dreamer(
@@ -626,6 +695,8 @@ class DreamerAgentModel(DreamerPreTrainedModel):
                 skip_input_checks=True,
                 past_key_values=past_key_values,
                 use_cache=use_cache,
+                state=state,
+                state_mask=state_mask,
             )
             agent_hidden = self.agent_norm(out.agent_states).mean(dim=2)
             latent_pred, cache = out.latent_pred, out.cache
@@ -640,6 +711,7 @@ class DreamerAgentModel(DreamerPreTrainedModel):
             value_logits=self.value_head(agent_hidden),
             prior_policy_logits=self.prior_policy_head(agent_hidden) if self.prior_policy_head is not None else None,
             continue_logits=self.continue_head(agent_hidden) if self.continue_head is not None else None,
+            state_pred=self.state_head(agent_hidden) if self.state_head is not None else None,
             cache=cache,
         )
 
@@ -661,13 +733,16 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         task_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         frames_per_pass: int = COMMIT_FRAMES_PER_PASS,
+        state: torch.Tensor | None = None,
+        state_mask: torch.Tensor | None = None,
     ) -> DreamerAgentOutput:
         """Feed observed (or generated) frames as context, as in training: slightly corrupted to the config's
         context signal level at the finest step, appended to the cache (a new one when None).
 
         latents: ``(B, T, C, H, W)`` clean latents; actions / action_mask: those taken at these frames
         (``(B, T)``; None where not chosen yet: record them later with ``DreamerCache.record_actions``);
-        task_ids: ``(B,)`` or ``(B, T)``. A long context is committed in consecutive chunks of at most
+        task_ids: ``(B,)`` or ``(B, T)``; state / state_mask: the frames' state vectors ``(B, T, state_size)``
+        (``config.state_size``; None: unknown). A long context is committed in consecutive chunks of at most
         ``frames_per_pass`` frames over the whole batch (at least one frame per pass), so peak memory does not
         grow with ``T``; the result equals one pass over all frames (the cache carries every chunk to the next).
         Returns the outputs at these frames (agent state and heads, concatenated over chunks) with the cache.
@@ -689,6 +764,8 @@ class DreamerAgentModel(DreamerPreTrainedModel):
                 action_mask=action_mask[:, part] if action_mask is not None else None,
                 task_ids=task_ids[:, part] if task_ids is not None and task_ids.dim() == 2 else task_ids,
                 past_key_values=cache, use_cache=True,
+                state=state[:, part] if state is not None else None,
+                state_mask=state_mask[:, part] if state_mask is not None else None,
             )
             cache = out.cache
             pieces.append(out)
@@ -706,6 +783,8 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         task_ids: torch.Tensor | None = None,
         context_action_mask: torch.Tensor | None = None,
         temperature: float = 1.0,
+        context_state: torch.Tensor | None = None,
+        context_state_mask: torch.Tensor | None = None,
     ) -> ImaginationOutput:
         """Roll the world model out under a policy, from real context windows.
 
@@ -715,7 +794,10 @@ class DreamerAgentModel(DreamerPreTrainedModel):
         ``num_steps``-step shortcut sampler, commit it, and read its reward and value. ``policy`` maps agent
         states ``(B, D)`` to policy logits ``{name: (B, n)}``; None uses the model's own policy head (offset
         0). All randomness comes from ``generator``: the same seed gives the same rollouts. Indexing:
-        :class:`ImaginationOutput`.
+        :class:`ImaginationOutput`. The policy chooses the policy's components (``config.policy_space``); a held
+        world-model input follows from them (:func:`complete_inputs`), starting from its value at the frame before
+        the last context frame. With a state vector, the context's (``context_state``) is fed and generated frames
+        have none (the world model generates latents only).
         """
         c = self.config
         where = "DreamerAgentModel.imagine"
@@ -743,17 +825,22 @@ class DreamerAgentModel(DreamerPreTrainedModel):
             else context_action_mask.bool().clone()
         mask[:, -1] = False  # chosen by the policy below
         out = self.commit_frames(context_latents.to(self.dtype), None, context_actions, mask if context_actions else None,
-                                 task_ids, generator)
+                                 task_ids, generator, state=context_state, state_mask=context_state_mask)
+        held = {name: context_actions[name][:, -2] if t0 >= 2 else torch.zeros_like(context_actions[name][:, -1])
+                for name in c.input_space if context_actions and name in context_actions}
         cache = out.cache
         hidden = [out.agent_hidden[:, -1]]
         values = [twohot_decode(out.value_logits[:, -1], self.value_bins())]
-        latents, rewards, log_probs, actions, continues = [], [], [], {name: [] for name in c.action_space}, []
+        latents, rewards, log_probs, continues = [], [], [], []
+        actions: dict[str, list[torch.Tensor]] = {name: [] for name in {**c.policy_space, **c.input_space}}
         reward_bins, value_bins = self.reward_bins(), self.value_bins()
         for _ in range(horizon):
             logits = policy(hidden[-1])
-            check_policy_logits(logits, c.action_space, b, where)
-            chosen = policy_sample(logits, c.action_space, temperature=temperature, generator=generator)
-            log_probs.append(policy_log_prob(logits, chosen, c.action_space))
+            check_policy_logits(logits, c.policy_space, b, where)
+            chosen = policy_sample(logits, c.policy_space, temperature=temperature, generator=generator)
+            log_probs.append(policy_log_prob(logits, chosen, c.policy_space))
+            chosen = {**chosen, **complete_inputs(chosen, held, c)}
+            held = {name: chosen[name] for name in c.input_space}
             cache.record_actions(chosen)
             frame = self.dreamer.generate_frame(cache, num_steps, generator)
             out = self.commit_frames(frame[:, None], cache, task_ids=task_ids, generator=generator)

@@ -54,6 +54,8 @@ def check_model_inputs(
     agent_tokens: torch.Tensor | None = None,
     synchronous: bool | None = None,
     where: str = "DreamerModel",
+    state: torch.Tensor | None = None,
+    state_mask: torch.Tensor | None = None,
 ) -> None:
     """Raise ``ValueError`` (naming the argument and component) unless the forward inputs are valid.
 
@@ -106,6 +108,17 @@ def check_model_inputs(
                 raise ValueError(
                     f"{where}: actions[{name!r}] is categorical and must hold integer class indices, got dtype {value.dtype}"
                 )
+
+    size = getattr(c, "state_size", 0)
+    if (state is not None or state_mask is not None) and not size:
+        raise ValueError(f"{where}: state given, but the model takes no state vector (config.state_size = 0)")
+    if state is not None and tuple(state.shape) != (b, t, size):
+        raise _shape_error(where, "state", f"(B, T, state_size) = ({b}, {t}, {size})", state)
+    if state is not None and not state.is_floating_point():
+        raise ValueError(f"{where}: state must be floating point, got dtype {state.dtype}")
+    if state_mask is not None and (tuple(state_mask.shape) != (b, t, size) or state_mask.dtype != torch.bool):
+        raise ValueError(f"{where}: state_mask must be a bool tensor of shape (B, T, state_size) = ({b}, {t}, {size}), "
+                         f"got {state_mask.dtype} {tuple(state_mask.shape)}")
 
     if torch.compiler.is_compiling():
         return

@@ -143,6 +143,33 @@ def balanced_accuracy(predictions: np.ndarray, targets: np.ndarray, mask: np.nda
         return float(balanced_accuracy_score(targets, predictions))
 
 
+def calibration_error(probabilities: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
+                      bins: int = 10) -> float:
+    """Expected calibration error of predicted probabilities for a binary label: with the probabilities split into
+    ``bins`` equal-width bins over [0, 1], ``sum_b (n_b / N) |mean label in b - mean probability in b|``. 0 for a
+    calibrated predictor; NaN without any (masked-in) example. Written here: scikit-learn has the reliability
+    curve (`calibration_curve`) but not this weighted summary of it."""
+    probabilities, labels = _select(mask, np.asarray(probabilities, np.float64), np.asarray(labels, bool))
+    if len(probabilities) == 0:
+        return float("nan")
+    which = np.minimum((probabilities * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        error += inside.mean() * abs(labels[inside].mean() - probabilities[inside].mean())
+    return float(error)
+
+
+def r_squared(predictions: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Coefficient of determination ``1 - SS_res / SS_tot`` of predictions of a real-valued target (NaN without
+    two distinct masked-in targets)."""
+    predictions, targets = _select(mask, np.asarray(predictions, np.float64), np.asarray(targets, np.float64))
+    total = ((targets - targets.mean()) ** 2).sum() if len(targets) else 0.0
+    if len(targets) < 2 or total == 0:
+        return float("nan")
+    return float(1.0 - ((targets - predictions) ** 2).sum() / total)
+
+
 def categorical_metrics(predictions: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
     """Top-1 accuracy, the majority-class rate it must beat, balanced accuracy and the classes present.
 

@@ -203,6 +203,7 @@ def mtp_policy_loss(
     valid: torch.Tensor,
     action_space: Mapping[str, Mapping],
     first_offset_weight: float | None = None,
+    positive_weights: Mapping[str, float] | None = None,
 ) -> MTPLoss:
     """MTP behaviour-cloning loss of a factorised policy: ``h_t`` predicts ``actions[t + n]``.
 
@@ -210,7 +211,8 @@ def mtp_policy_loss(
     actions: name -> ``(B, T)`` (int class for categorical, bool/0-1 for binary);
     valid: ``(B, T)`` bool, True where ``actions[t]`` is labeled and the example takes part in BC;
     action_space: ordered name -> ``{"type": "categorical", "n": int}`` or ``{"type": "binary"}``;
-    first_offset_weight: see :func:`mtp_offset_weights`.
+    first_offset_weight: see :func:`mtp_offset_weights`; positive_weights: binary component -> the weight of
+    its presses in the logistic loss (PyTorch's ``pos_weight``; components not named: 1).
     The loss of one target is the sum over components of their negative log-likelihoods
     (categorical cross entropy, binary logistic loss), i.e. the joint NLL of the factorised policy.
     """
@@ -243,7 +245,10 @@ def mtp_policy_loss(
                 raise ValueError(f"objectives.mtp_policy_loss: binary '{name}' needs logits (..., 1), got {tuple(logits.shape)}")
             logits = logits.squeeze(-1)
             targets = torch.where(mask, targets.float(), torch.zeros_like(targets, dtype=torch.float32))
-            nll = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+            # A rarely pressed key may weigh its presses more (`positive_weights`; 1: the plain likelihood).
+            weight = (positive_weights or {}).get(name)
+            pos_weight = torch.full((), float(weight), device=logits.device) if weight is not None else None
+            nll = F.binary_cross_entropy_with_logits(logits, targets, reduction="none", pos_weight=pos_weight)
             correct[name] = (logits > 0) == (targets > 0.5)
         else:
             raise ValueError(f"objectives.mtp_policy_loss: unknown action type {spec['type']!r} for '{name}'")

@@ -12,6 +12,7 @@ Examples outside the dynamics loss are observed as the agent sees frames at infe
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.metrics import average_precision, balanced_accuracy, majority_rate, masked_mean, roc_auc
+from training.metrics import (
+    average_precision,
+    balanced_accuracy,
+    calibration_error,
+    majority_rate,
+    masked_mean,
+    r_squared,
+    roc_auc,
+)
 from training.optim import GroupScales
 from modeling_dreamer.errors import ArgumentError, RunError
 from training.stages.base import (
@@ -88,6 +97,16 @@ class AgentArguments:
     bins_high: float | None = field(
         default=None, metadata={"help": "Twohot range high end (symlog space). None: the dataset's recommendation."}
     )
+    bc_positive_weight: str = field(
+        default="none",
+        metadata={"help": "Weight of a binary key's presses in behaviour cloning: none (1, the likelihood), auto "
+                  "((1 - p) / p from the key's press rate p in the training windows, capped at "
+                  "bc_positive_weight_cap), or a JSON object {component: weight} (docs/training.md)."},
+    )
+    bc_positive_weight_cap: float = field(default=20.0, metadata={"help": "Largest weight `auto` gives."})
+    predict_state: bool = field(
+        default=True, metadata={"help": "With a state vector in the data, predict it from the agent state (an "
+                                "auxiliary `state` loss term)."})
 
     def __post_init__(self) -> None:
         from data.sampler import DrawSource
@@ -106,6 +125,16 @@ class AgentArguments:
             raise ArgumentError(f"reward_loss_weight must be > 0, got {self.reward_loss_weight}")
         if self.probe_max_windows < 1:
             raise ArgumentError(f"probe_max_windows must be >= 1, got {self.probe_max_windows}")
+        if self.bc_positive_weight not in ("none", "auto"):
+            try:
+                weights = json.loads(self.bc_positive_weight)
+            except json.JSONDecodeError:
+                weights = None
+            if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in weights.values()):
+                raise ArgumentError(f"bc_positive_weight must be none, auto or a JSON object of positive weights, got "
+                                    f"{self.bc_positive_weight!r}")
+        if self.bc_positive_weight_cap < 1:
+            raise ArgumentError(f"bc_positive_weight_cap must be >= 1, got {self.bc_positive_weight_cap}")
 
 
 class AgentStage(DynamicsStage):
@@ -121,6 +150,7 @@ class AgentStage(DynamicsStage):
         self.probe_windows: Any = None
         self.probes: Any = None  # training.probe_baseline.ProbeBaseline, fitted at the first evaluation
         self.episode_ends = False
+        self.press_rates: dict[str, float] = {}
 
     def bind_data(self, data: Any) -> None:
         """Keeps tiled training windows for the probe baseline (the baseline's frames then do not depend on
@@ -132,6 +162,7 @@ class AgentStage(DynamicsStage):
         self.probe_windows = windows if tiled else WindowDataset(data.datasets["train"], windows.window_length)
         # Recorded environments end their episodes: the agent then learns to predict the end (`continuation`).
         self.episode_ends = windows is not None and bool(windows.terminated.any())
+        self.press_rates = press_rates(windows) if windows is not None else {}
 
     # ---- model ----
 
@@ -146,13 +177,13 @@ class AgentStage(DynamicsStage):
 
         init_from, overrides = self.args.model.init_from, self.args.model.overrides()
         kwargs = model_kwargs(self.args)
-        if self.episode_ends:
-            overrides = {"continuation_head": True, **overrides}
+        heads = {**({"continuation_head": True} if self.episode_ends else {}),
+                 **({"predict_state": True} if self.agent_args.predict_state and schema.state_names else {})}
+        overrides = {**heads, **overrides}
         if init_from is None:
-            config = preset_config(self.args, schema, **self.twohot_range(schema),
-                                   **({"continuation_head": True} if self.episode_ends else {}))
+            config = preset_config(self.args, schema, **self.twohot_range(schema), **heads)
             model = DreamerAgentModel._from_config(config, **kwargs)
-            return self.built(model), {"init": "scratch", "preset": self.args.model.preset}
+            return self.built(model, schema), {"init": "scratch", "preset": self.args.model.preset}
         source = load_source_config(init_from, schema)
         if saved_architecture(source) == "DreamerAgentModel":
             # Continue an agent: its twohot range is part of its trained reward head.
@@ -162,18 +193,19 @@ class AgentStage(DynamicsStage):
                 raise RunError(f"--init_from {init_from}: an agent with a trained reward head over "
                                  f"[{source.bins_low}, {source.bins_high}]; {changed} cannot be applied to it")
             model = DreamerAgentModel.from_pretrained(init_from, **overrides, **kwargs)
-            return self.built(model), {"init": "pretrained agent", "init_from": init_from}
+            return self.built(model, schema), {"init": "pretrained agent", "init_from": init_from}
         # Grow a phase-1 backbone: the twohot range comes from the dataset, the rest from the checkpoint.
         model = DreamerAgentModel.from_backbone(init_from, **self.twohot_range(schema), **overrides, **kwargs)
-        return self.built(model), {"init": "grown from backbone", "init_from": init_from}
+        return self.built(model, schema), {"init": "grown from backbone", "init_from": init_from}
 
-    def built(self, model: nn.Module) -> nn.Module:
+    def built(self, model: nn.Module, schema: Any) -> nn.Module:
         """As the dynamics stage, and the model records the context signal level it is trained with (what
         inference feeds observed frames at). With episode ends, the continuation head is one more loss term."""
         model.config.context_signal_level = self.agent_args.context_signal_level
-        if model.config.continuation_head:
-            self.loss_terms = (*type(self).loss_terms, "continuation")
-        return super().built(model)
+        extra = (("continuation",) if model.config.continuation_head else ()) + (
+            ("state",) if model.config.predict_state else ())
+        self.loss_terms = (*type(self).loss_terms, *extra)
+        return super().built(model, schema)
 
     def loss_weights(self) -> dict[str, float]:
         """`reward_loss_weight` for the reward term; the others weigh 1."""
@@ -223,7 +255,31 @@ class AgentStage(DynamicsStage):
         result.logs.update(logs)
         if out.continue_logits is not None:
             result.losses["continuation"], result.counts["continuation"] = self.continuation_loss(out, batch)
+        if out.state_pred is not None:
+            result.losses["state"], result.counts["state"] = self.state_loss(out, batch)
         return result
+
+    def state_loss(self, out: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean squared error of the state head on the frame's known state values (the auxiliary term)."""
+        known = batch["state_mask"].bool()
+        error = torch.where(known, out.state_pred.float() - batch["state"].float(), 0.0).square()
+        count = known.sum()
+        return error.sum() / count.clamp_min(1), count
+
+    def positive_weights(self) -> dict[str, float]:
+        """`bc_positive_weight` per binary policy component (none: {})."""
+        a = self.agent_args
+        if a.bc_positive_weight == "none":
+            return {}
+        if a.bc_positive_weight == "auto":
+            return {name: float(min(a.bc_positive_weight_cap, max(1.0, (1 - p) / p if p > 0 else a.bc_positive_weight_cap)))
+                    for name, p in self.press_rates.items()}
+        weights = json.loads(a.bc_positive_weight)
+        unknown = sorted(set(weights) - set(self.press_rates))
+        if unknown:
+            raise RunError(f"bc_positive_weight names {unknown}, which are not binary policy components "
+                           f"({sorted(self.press_rates)})")
+        return {name: float(w) for name, w in weights.items()}
 
     def continuation_loss(self, out: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logistic loss of the continuation head against "the episode goes on after this frame" (not terminated;
@@ -249,11 +305,14 @@ class AgentStage(DynamicsStage):
         """MTP behaviour cloning on labelled frames of routed examples: the joint NLL of the factorised policy."""
         from training.objectives import mtp_policy_loss
 
-        space = self.model_config.action_space
+        space = self.model_config.policy_space
         valid = batch["has_action"] & routed(batch["source"], self.agent_args.bc_loss_sources, batch["has_action"].shape[1])
         actions = {name: batch[name] for name in space}
+        if not hasattr(self, "_positive_weights"):
+            self._positive_weights = self.positive_weights()
         policy = mtp_policy_loss({k: v.float() for k, v in out.policy_logits.items()}, actions, valid, space,
-                                 first_offset_weight=self.agent_args.mtp_first_offset_weight)
+                                 first_offset_weight=self.agent_args.mtp_first_offset_weight,
+                                 positive_weights=self._positive_weights)
         logs = {f"bc_loss/offset_{n}": v for n, v in enumerate(offset_values(policy))}
         return policy.loss, policy.per_offset_count.sum(), logs
 
@@ -275,12 +334,22 @@ class AgentStage(DynamicsStage):
             records.append({**self.evaluate_batch(model, batch, generator),
                             **head_predictions(model, batch, generator, config, probe_pool=pool if with_probe else None)})
         arrays = gather_records(records, accelerator)
-        metrics = {"dynamics_loss": float(arrays["dynamics_loss"].mean()), **agent_metrics(arrays, config.action_space)}
+        metrics = {"dynamics_loss": float(arrays["dynamics_loss"].mean()), **agent_metrics(arrays, config.policy_space)}
+        if "continue_prob" in arrays:
+            ends = arrays["terminated_true"]
+            metrics["continuation_auc"] = roc_auc(1 - arrays["continue_prob"], ends, np.ones_like(ends, dtype=bool))
+        if "state_pred" in arrays:
+            known = arrays["state_mask"]
+            for i, name in enumerate(config.state_names):
+                error = (arrays["state_pred"][..., i] - arrays["state_true"][..., i]) ** 2
+                metrics[f"state_mse/{name}"] = masked_mean(error, known[..., i])
+                metrics[f"state_r2/{name}"] = r_squared(arrays["state_pred"][..., i], arrays["state_true"][..., i],
+                                                        known[..., i])
         if with_probe:
             if self.probes is None:  # the probes do not change during training: fitted once per run
-                self.probes = ProbeBaseline.fit(self.probe_windows, config.action_space, config.context_tau, pool,
+                self.probes = ProbeBaseline.fit(self.probe_windows, config.policy_space, config.context_tau, pool,
                                                 self.agent_args.probe_max_windows, seed)
-            metrics.update(probe_metrics(self.probes, arrays, config.action_space))
+            metrics.update(probe_metrics(self.probes, arrays, config.policy_space))
             over_draws = reward_auc_over_draws(self.probes.reward, arrays["probe_clean_latents"],
                                                arrays["reward_true"][..., 0], arrays["reward_mask"][..., 0],
                                                config.context_tau, pool, PROBE_NOISE_DRAWS, seed)
@@ -307,8 +376,11 @@ def head_predictions(model: nn.Module, batch: dict[str, Any], generator: torch.G
     b, t = z_clean.shape[:2]
     level = torch.full((b, t), config.context_tau, device=z_clean.device)
     observed = add_noise(z_clean, level, torch.randn(z_clean.shape, generator=generator, device=generator.device))
+    from training.stages.dynamics import state_inputs
+
     actions = {name: batch[name] for name in config.action_space}
-    out = model(observed, level, torch.full_like(level, 1.0 / config.k_max), actions=actions, action_mask=batch["has_action"])
+    out = model(observed, level, torch.full_like(level, 1.0 / config.k_max), actions=actions, action_mask=batch["has_action"],
+                **state_inputs(batch))
     bins = twohot_bins_of(model, config)
     everything = torch.ones(b, t, dtype=torch.bool, device=z_clean.device)
     reward_true, reward_mask = mtp_targets(batch["reward"].float(), everything, config.mtp_length)
@@ -322,20 +394,35 @@ def head_predictions(model: nn.Module, batch: dict[str, Any], generator: torch.G
     if probe_pool is not None:
         record["probe_latents"] = pooled_latents(observed, probe_pool)
         record["probe_clean_latents"] = pooled_latents(z_clean, probe_pool)
-    for name, spec in config.action_space.items():
+    if out.continue_logits is not None:
+        record["continue_prob"] = torch.sigmoid(out.continue_logits.float())
+        record["terminated_true"] = batch["terminated"].bool()
+    if out.state_pred is not None:
+        record.update(state_pred=out.state_pred.float(), state_true=batch["state"].float(),
+                      state_mask=batch["state_mask"].bool())
+    space = config.policy_space
+    for name, spec in space.items():
         if spec["type"] == "binary":
             record[f"action_prob/{name}"] = torch.sigmoid(out.policy_logits[name].float()[..., 0])
     policies = {"action_pred": out.policy_logits}
     if prior:
         policies["prior_action_pred"] = out.prior_policy_logits
     for key, logits in policies.items():
-        modes = policy_sample({k: v.float() for k, v in logits.items()}, config.action_space, greedy=True)
+        modes = policy_sample({k: v.float() for k, v in logits.items()}, space, greedy=True)
         record.update({f"{key}/{name}": mode.long() for name, mode in modes.items()})
-    for name in config.action_space:
+    for name in space:
         target, mask = mtp_targets(batch[name].long(), batch["has_action"], config.mtp_length)
         record[f"action_true/{name}"] = target
         record[f"action_mask/{name}"] = mask
     return record
+
+
+def press_rates(windows: Any) -> dict[str, float]:
+    """Each binary policy component's press rate over the labelled frames of the training windows' rows."""
+    space = {name: spec for name, spec in windows.schema.action_space.items()
+             if spec["type"] == "binary" and spec.get("role", "both") != "input"}
+    labelled = windows.has_action
+    return {name: float(windows.actions[name][labelled].mean()) if labelled.any() else 0.0 for name in space}
 
 
 def reward_event_probabilities(logits: torch.Tensor, bins: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -381,7 +468,8 @@ def agent_metrics(arrays: dict[str, np.ndarray], action_space: dict[str, Any]) -
       `reward_mae`; offset 0 only: `reward_auc_positive` / `reward_auc_negative` (P(r > 0) for gains, P(r < 0)
       for penalties), `reward_event_rate` (the average precision of a random score);
     - every component: `bc_top1` and, offset 0, `bc_majority` (always predicting the commonest label);
-    - binary components: `bc_auc`, `bc_ap` of the press probability, `bc_press_rate` (offset 0);
+    - binary components: `bc_auc`, `bc_ap` of the press probability, `bc_ece` (its expected calibration error:
+      `metrics.calibration_error`), `bc_press_rate` (offset 0);
     - categorical components: `bc_balanced_accuracy` (mean recall over the classes present).
     Undefined values (a key never pressed in the evaluation data) are NaN.
     """
@@ -411,9 +499,10 @@ def agent_metrics(arrays: dict[str, np.ndarray], action_space: dict[str, Any]) -
                 prob, pressed = arrays[f"action_prob/{name}"][..., n], true_a[..., n] != 0
                 metrics[f"bc_auc/{name}/offset_{n}"] = roc_auc(prob, pressed, m)
                 metrics[f"bc_ap/{name}/offset_{n}"] = average_precision(prob, pressed, m)
+                metrics[f"bc_ece/{name}/offset_{n}"] = calibration_error(prob, pressed, m)
             else:
                 metrics[f"bc_balanced_accuracy/{name}/offset_{n}"] = balanced_accuracy(pred_a[..., n], true_a[..., n], m)
-        for key in ("bc_top1", "bc_auc", "bc_ap", "bc_balanced_accuracy"):
+        for key in ("bc_top1", "bc_auc", "bc_ap", "bc_ece", "bc_balanced_accuracy"):
             if f"{key}/{name}/offset_0" in metrics:
                 metrics[f"{key}/{name}"] = metrics[f"{key}/{name}/offset_0"]
         metrics[f"bc_majority/{name}"] = majority_rate(true_a[..., 0], mask_a[..., 0])

@@ -176,11 +176,16 @@ def select_rows(tensor: torch.Tensor, rows: list[int]) -> torch.Tensor:
 def schema_config_fields(schema: Any) -> dict[str, Any]:
     """DreamerConfig fields the dataset determines: latent shape and action space."""
     channels, height, width = schema.latent_shape
+    tokenizer = getattr(schema, "tokenizer", None) or {}
     return {
         "latent_channels": int(channels),
         "latent_height": int(height),
         "latent_width": int(width),
         "action_space": dict(schema.action_space),
+        "state_size": len(getattr(schema, "state_names", [])),
+        "state_names": list(getattr(schema, "state_names", [])),
+        "tokenizer_name": tokenizer.get("name"),
+        "tokenizer_hash": tokenizer.get("hash"),
     }
 
 
@@ -226,6 +231,13 @@ def load_source_config(init_from: str, schema: Any) -> Any:
             f"--init_from {init_from}: its action space {config.action_space} differs from the dataset's "
             f"{expected['action_space']}"
         )
+    if list(config.state_names if config.state_size else []) != expected["state_names"]:
+        raise RunError(f"--init_from {init_from}: its state vector {config.state_names[:config.state_size]} differs "
+                       f"from the dataset's {expected['state_names']}")
+    if config.tokenizer_hash and expected["tokenizer_hash"] and config.tokenizer_hash != expected["tokenizer_hash"]:
+        raise RunError(f"--init_from {init_from}: trained on the latents of tokenizer {config.tokenizer_name!r} "
+                       f"(hash {config.tokenizer_hash}); the dataset's come from {expected['tokenizer_name']!r} "
+                       f"(hash {expected['tokenizer_hash']})")
     return config
 
 

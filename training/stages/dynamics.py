@@ -92,7 +92,7 @@ class DynamicsStage(Stage):
         if init_from is None:
             config = preset_config(self.args, schema)
             model = DreamerModel._from_config(config, **model_kwargs(self.args))
-            return self.built(model), {"init": "scratch", "preset": self.args.model.preset}
+            return self.built(model, schema), {"init": "scratch", "preset": self.args.model.preset}
         source = load_source_config(init_from, schema)
         if saved_architecture(source) != "DreamerModel":
             raise RunError(
@@ -100,13 +100,17 @@ class DynamicsStage(Stage):
                 "DreamerModel (a phase-1 final/ folder)"
             )
         model = DreamerModel.from_pretrained(init_from, **model_kwargs(self.args))
-        return self.built(model), {"init": "pretrained", "init_from": init_from}
+        return self.built(model, schema), {"init": "pretrained", "init_from": init_from}
 
-    def built(self, model: nn.Module) -> nn.Module:
-        """Fit the model's time context to the training windows (`choose_time_context`) and remember its config
+    def built(self, model: nn.Module, schema: Any) -> nn.Module:
+        """Fit the model's time context to the training windows (`choose_time_context`), record the tokenizer whose
+        latents it learns (the dataset's, so that the trained model refuses another) and remember its config
         (k_max, action space ...) for the loss computations."""
         model.config.time_context_length = choose_time_context(
             model.config.time_context_length, self.args.model.time_context_length, self.args.data.window_length)
+        fields = schema_config_fields(schema)
+        if fields["tokenizer_hash"]:
+            model.config.tokenizer_name, model.config.tokenizer_hash = fields["tokenizer_name"], fields["tokenizer_hash"]
         self.model_config = model.config
         return model
 
@@ -130,7 +134,8 @@ class DynamicsStage(Stage):
             dynamics_mask, dynamics_rows = torch.zeros_like(dynamics_mask), []
         tau, step_size = self.observe_outside_dynamics(tau, step_size, dynamics_mask)
         actions = {name: batch[name] for name in self.model_config.action_space}
-        inputs = dict(actions=actions, action_mask=batch["has_action"], independent_frames=independent)
+        inputs = dict(actions=actions, action_mask=batch["has_action"], independent_frames=independent,
+                      **state_inputs(batch))
         return NoisedBatch(z_clean, add_noise(z_clean, tau, noise), tau, step_size, inputs, dynamics_mask, dynamics_rows)
 
     def observe_outside_dynamics(
@@ -157,6 +162,7 @@ class DynamicsStage(Stage):
                 actions={name: select_rows(value, rows) for name, value in inputs["actions"].items()},
                 action_mask=select_rows(inputs["action_mask"], rows),
                 independent_frames=select_rows(inputs["independent_frames"], rows),
+                **{key: select_rows(inputs[key], rows) for key in ("state", "state_mask") if key in inputs},
             )
 
             def predict(z: torch.Tensor, level: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -208,10 +214,17 @@ class DynamicsStage(Stage):
         noise = torch.randn(z_clean.shape, generator=generator, device=generator.device)
         z_tilde = add_noise(z_clean, tau, noise)
         actions = {name: batch[name] for name in config.action_space}
-        out = model(z_tilde, tau, step, actions=actions, action_mask=batch["has_action"])
+        out = model(z_tilde, tau, step, actions=actions, action_mask=batch["has_action"], **state_inputs(batch))
         flow = shortcut_forcing_loss(out.latent_pred.float(), z_clean, z_tilde, tau, step, d_min, None).loss
         # One entry per example (the batch mean repeated): gathering then averages over examples exactly.
         return {"dynamics_loss": flow.expand(b)}
+
+
+def state_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The batch's state vector as model inputs (`state` float, `state_mask` bool), when the data has one."""
+    if "state" not in batch:
+        return {}
+    return {"state": batch["state"].float(), "state_mask": batch["state_mask"].bool()}
 
 
 def choose_time_context(configured: int | None, requested: int | None, window: int) -> int:

@@ -27,7 +27,7 @@ from training.metrics import masked_mean
 from training.optim import GroupScales
 from training.stages.agent import head_predictions
 from training.stages.base import Evaluation, Stage, StepLosses, load_source_config, model_kwargs, saved_architecture
-from training.stages.dynamics import gather_records
+from training.stages.dynamics import gather_records, state_inputs
 
 
 @dataclass
@@ -147,8 +147,10 @@ class ImaginationStage(Stage):
         latents = batch["latents"].float()
         context = latents.shape[1] if a.imagination_context is None else min(a.imagination_context, latents.shape[1])
         actions = {name: batch[name][:, -context:] for name in self.model_config.action_space}
+        state = {f"context_{key}": value[:, -context:] for key, value in state_inputs(batch).items()}
         return unwrapped.imagine(latents[:, -context:], actions, a.imagination_horizon, a.imagination_num_steps,
-                                 policy=policy, generator=generator, context_action_mask=batch["has_action"][:, -context:])
+                                 policy=policy, generator=generator, context_action_mask=batch["has_action"][:, -context:],
+                                 **state)
 
     def compute_losses(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator, unwrapped: nn.Module
@@ -170,7 +172,7 @@ class ImaginationStage(Stage):
         from modeling_dreamer.distributions import component_entropy, policy_log_prob
         from training.objectives import pmpo_loss, pmpo_set_sizes, policy_kl
 
-        space, a = self.model_config.action_space, self.imagination_args
+        space, a = self.model_config.policy_space, self.imagination_args
         horizon = rollout.rewards.shape[1]
         policy = {k: v[:, :horizon, 0] for k, v in heads.policy_logits.items()}
         prior = {k: v[:, :horizon, 0].detach() for k, v in heads.prior_policy_logits.items()}
@@ -208,7 +210,7 @@ class ImaginationStage(Stage):
         from training.objectives import policy_kl, value_loss
 
         unwrapped = accelerator.unwrap_model(model)
-        space = self.model_config.action_space
+        space = self.model_config.policy_space
 
         def prior(hidden: torch.Tensor) -> dict[str, torch.Tensor]:
             return {name: logits[:, 0] for name, logits in unwrapped.prior_policy_head(hidden).items()}
