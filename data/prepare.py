@@ -2,9 +2,11 @@
 
     python -m data.prepare --latents-dir L --features-dir F --output OUT
     python -m data.prepare --latents-dir L --tables-dir T [--events-dir E] --mapping MAP.yaml --output OUT
+    python -m data.prepare --episodes DIR --tokenizer TOKENIZER_DIR --output OUT
 
 The first reads `<id>/features.json` (`data.importers`), the second per-frame tables and event streams as a
-mapping file says (`data.mapping`, `data.tables`; the report adds the timing diagnostic, `data.timing`).
+mapping file says (`data.mapping`, `data.tables`; the report adds the timing diagnostic, `data.timing`), the
+third a recording of `python -m envs.record`, encoded by a tokenizer (`data.episodes`).
 
 One row per frame that has a latent, sorted by (video_id, frame_index); splits `train` and
 `validation` by whole videos (seeded). Each video is turned into an Arrow table and written
@@ -70,9 +72,11 @@ MAX_SHARD_BYTES = 500 * 10**6
 WRITER_BATCH_SIZE = 65536
 
 
-def dataset_features(latent_size: int, action_space: dict[str, dict], state_size: int = 0) -> "datasets.Features":  # noqa: F821
+def dataset_features(latent_size: int, action_space: dict[str, dict], state_size: int = 0,
+                     episode_ends: bool = False) -> "datasets.Features":  # noqa: F821
     """The column types of a prepared split (docs/data.md); with `state_size` S > 0 also the state vector
-    (`state`: S float32, 0 where unknown; `state_mask`: S bool, False where the value was not read)."""
+    (`state`: S float32, 0 where unknown; `state_mask`: S bool, False where the value was not read); with
+    `episode_ends` (recorded environments) `terminated` and `truncated` (True on an episode's last frame)."""
     from datasets import Features, List, Value
 
     columns = {
@@ -88,6 +92,9 @@ def dataset_features(latent_size: int, action_space: dict[str, dict], state_size
     if state_size:
         columns["state"] = List(Value("float32"), length=state_size)
         columns["state_mask"] = List(Value("bool"), length=state_size)
+    if episode_ends:
+        columns["terminated"] = Value("bool")
+        columns["truncated"] = Value("bool")
     return Features(columns)
 
 
@@ -111,6 +118,9 @@ def video_table(video: VideoFrames, features: "datasets.Features") -> "pyarrow.T
         size = state.shape[1]
         columns["state"] = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(state, np.float32).reshape(-1)), size)
         columns["state_mask"] = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(video.state_mask).reshape(-1)), size)
+    if "terminated" in features:
+        columns["terminated"] = pa.array(video.terminated)
+        columns["truncated"] = pa.array(video.truncated)
     return pa.Table.from_pydict(columns, schema=features.arrow_schema)
 
 
@@ -767,8 +777,9 @@ def _write_prepared(
     finish: Callable[[dict[str, dict], RewardTally, tuple[int, int, int]], tuple[DatasetSchema, dict]],
     progress: bool,
     warn: Callable[[str], None],
+    episode_ends: bool = False,
 ) -> dict:
-    """The part both input paths share: import the videos one at a time (`import_one`) straight into their
+    """The part the input paths share: import the videos one at a time (`import_one`) straight into their
     split's shards, then `finish(per_video, tally)` gives the schema and the report, which are written beside
     the splits (`latent_shape`: the videos' `(C, H, W)`); the folder is checked with `datasets.load_from_disk` and moved into place (`data.staging`).
     Returns the report."""
@@ -791,7 +802,7 @@ def _write_prepared(
                         warn(message)
                     if features is None:
                         latent_shape = tuple(int(d) for d in video.latents.shape[1:])
-                        features = dataset_features(int(np.prod(latent_shape)), action_space, state_size)
+                        features = dataset_features(int(np.prod(latent_shape)), action_space, state_size, episode_ends)
                         writers = {name: SplitWriter(stage.path / name, features, MAX_SHARD_BYTES) for name in SPLITS}
                     writers[split_of[video_id]].write(video_table(video, features))
                     tally.add(video.reward)
@@ -1062,7 +1073,10 @@ def parse_action_space(text: str) -> tuple[dict[str, dict], dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("--latents-dir", required=True, help="folder of <video_id>.npz packed latents")
+    parser.add_argument("--latents-dir", help="folder of <video_id>.npz packed latents (with --features-dir or --tables-dir)")
+    parser.add_argument("--episodes", help="a recording of `python -m envs.record` (with --tokenizer), instead of latents")
+    parser.add_argument("--tokenizer", help="the tokenizer folder that encodes --episodes (save_pretrained)")
+    parser.add_argument("--device", help="--episodes: the device that encodes (default: cuda when available, else cpu)")
     parser.add_argument("--features-dir", help="folder of <video_id>/features.json (or give --tables-dir)")
     parser.add_argument("--tables-dir", help="folder of per-frame tables <video_id>.parquet/.jsonl/.csv (with --mapping)")
     parser.add_argument("--events-dir", help="folder of event streams <video_id>.jsonl (with --tables-dir)")
@@ -1112,6 +1126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset (only once the new one is complete)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.episodes is not None:
+        return _main_episodes(parser, args)
+    if args.latents_dir is None:
+        parser.error("give --latents-dir with --features-dir or --tables-dir (or --episodes with --tokenizer)")
     tables = args.tables_dir is not None
     if tables == (args.features_dir is not None):
         parser.error("give exactly one of --features-dir (features.json) or --tables-dir (tables + --mapping)")
@@ -1194,6 +1212,35 @@ def main(argv: list[str] | None = None) -> int:
         from data.timing import format_table
 
         print(format_table(report["timing"]))
+    return 0
+
+
+def _main_episodes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`--episodes DIR --tokenizer TOK`: the recording path of `main`."""
+    from data.episodes import prepare_episodes
+
+    if args.tokenizer is None:
+        parser.error("--episodes needs --tokenizer (the tokenizer folder that encodes its frames)")
+    given = [f"--{name.replace('_', '-')}" for name in ("latents_dir", "features_dir", "tables_dir", "events_dir", "mapping",
+                                                         "action_space", "tokenizer_name", "tokenizer_hash")
+             if getattr(args, name) is not None]
+    if given:
+        parser.error(f"{', '.join(given)} do not apply to --episodes (the recording and its tokenizer say it all)")
+    if args.validation_videos and args.validation_fraction is not None:
+        parser.error("give --validation-videos or --validation-fraction, not both")
+    try:
+        report = prepare_episodes(
+            args.episodes, args.tokenizer, args.output,
+            validation_fraction=0.1 if args.validation_fraction is None else args.validation_fraction,
+            validation_videos=read_video_list(args.validation_videos) if args.validation_videos else None,
+            seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress, device=args.device)
+    except DataError as error:
+        print(f"data.prepare: error: {error}", file=sys.stderr)
+        return 1
+    episodes = report["episodes"]
+    print(f"wrote {args.output}: {report['videos']['total']} episodes ({episodes['terminated']} terminated, "
+          f"{episodes['truncated']} truncated), {report['frames']['total']} frames, mean return "
+          f"{episodes['return_mean']:.3g}, tokenizer {report['tokenizer']['name']} ({report['tokenizer']['hash']})")
     return 0
 
 

@@ -88,6 +88,16 @@ class RewardSpec:
 
 
 @dataclass(frozen=True)
+class EnvironmentRewardSpec:
+    """The reward of a recorded environment (`python -m data.prepare --episodes`): its own, as `step` returned it."""
+
+    environment: str = ""
+
+    def describe(self) -> str:
+        return f"the environment's reward ({self.environment})"
+
+
+@dataclass(frozen=True)
 class MappedRewardSpec:
     """The reward of a dataset prepared from tables and events: the mapping file's reward terms
     (`data.mapping.RewardTerm`, as JSON: `{name: {"kind", "offset", "column", "scale", ...}}`); the reward of a
@@ -155,7 +165,7 @@ class DatasetSchema:
 
     latent_shape: tuple[int, int, int]
     action_space: dict[str, dict] = field(default_factory=default_action_space)
-    reward_spec: RewardSpec | MappedRewardSpec = field(default_factory=RewardSpec)
+    reward_spec: RewardSpec | MappedRewardSpec | EnvironmentRewardSpec = field(default_factory=RewardSpec)
     recommended_twohot_range: tuple[float, float] = (-1.0, 1.0)
     reward_min: float = 0.0
     reward_max: float = 0.0
@@ -169,7 +179,8 @@ class DatasetSchema:
         self.recommended_twohot_range = tuple(float(v) for v in self.recommended_twohot_range)
         if isinstance(self.reward_spec, dict):
             spec = self.reward_spec
-            self.reward_spec = MappedRewardSpec(**spec) if "terms" in spec else RewardSpec(**spec)
+            self.reward_spec = (MappedRewardSpec(**spec) if "terms" in spec else EnvironmentRewardSpec(**spec)
+                                if "environment" in spec else RewardSpec(**spec))
         self.state_names = [str(name) for name in (self.state_names or [])]
         if len(set(self.state_names)) != len(self.state_names):
             raise DataError(f"schema: state_names has duplicates: {self.state_names}")
