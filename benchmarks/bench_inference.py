@@ -11,8 +11,12 @@ recomputing the whole context window every frame (same run, same model).
   the context included); `generated_frames_per_s` is the rate of the generation loop alone, from the
   difference between a rollout of `--horizon` frames and one of 1 frame from the same context.
 
-Precision: fp32 on CPU, bf16 weights on CUDA (inference needs no fp32 master copy). Random weights: speed does
-not depend on what the model learned. Prints one JSON line, with the process's peak resident memory
+- `--live`: the live configuration of a real-time agent: the `medium` preset (about 127M parameters at 32 x 16 x 16
+  latents), 16 frames of context, batch 1, no rollouts (`--rollout-batch` to add some).
+
+Precision: fp32 on CPU, bf16 weights on CUDA (inference needs no fp32 master copy; `--dtype` overrides).
+`--compile` wraps the model's forward in `torch.compile` (timed after the warm-up frames). Random weights: speed
+does not depend on what the model learned. Prints one JSON line, with the process's peak resident memory
 (`peak_rss_mb`) and, on CUDA, the peak allocated device memory.
 """
 
@@ -36,7 +40,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--attn-implementation", default=None, help="default: the model's choice per device")
-    return parser.parse_args()
+    parser.add_argument("--live", action="store_true", help="the live configuration: medium preset, context 16, "
+                        "batch 1, no rollouts unless --rollout-batch is given")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bf16 on CUDA, fp32 else")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model's forward")
+    args = parser.parse_args()
+    if args.live:
+        args.preset, args.context = "medium", 16
+        args.rollout_batch = args.rollout_batch if args.rollout_batch != [1, 64] else []
+    return args
 
 
 def peak_rss_mb() -> float:
@@ -60,13 +72,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     c, h, w = args.latent_shape
     config = DreamerConfig.from_preset(args.preset, latent_channels=c, latent_height=h, latent_width=w,
                                        time_context_length=args.context)
     kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
     torch.manual_seed(0)
     model = DreamerAgentModel._from_config(config, **kwargs).to(device=device, dtype=dtype).eval()
+    if args.compile:
+        model.forward = torch.compile(model.forward, dynamic=True)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -126,7 +140,8 @@ def main() -> None:
         "threads": torch.get_num_threads(), "dtype": str(dtype).removeprefix("torch."), "preset": args.preset,
         "latent_shape": args.latent_shape, "context_frames": args.context, "tokens_per_frame":
         config.num_latent_tokens + config.num_register_tokens + 2 + config.num_agent_tokens,
-        "attn_implementation": model.config._attn_implementation,
+        "attn_implementation": model.config._attn_implementation, "compiled": args.compile,
+        "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "act_ms": {"p50": ms(cached, 0.5), "p99": ms(cached, 0.99)},
         "recompute_window_ms": {"p50": ms(recomputed, 0.5), "p99": ms(recomputed, 0.99)},
         "act_speedup_p50": round(statistics.median(recomputed) / statistics.median(cached), 1),

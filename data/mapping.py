@@ -158,6 +158,7 @@ class ActionComponent:
     n: int | None = None
     grid: GridSpec | None = None
     hold: bool = False
+    held_from: dict[str, str] | None = None  # {"flag": binary target, "value": target}: how an agent sets it
 
     @property
     def from_events(self) -> bool:
@@ -170,6 +171,8 @@ class ActionComponent:
         spec: dict[str, Any] = {"type": "categorical", "n": self.num_classes, "role": self.role}
         if self.grid is not None:
             spec["meaning"] = self.grid.meaning()
+        if self.held_from is not None:
+            spec["held"] = dict(self.held_from)
         return spec
 
     @property
@@ -488,7 +491,7 @@ def _parse_reward(check: _Checker, name: str, spec: Any) -> RewardTerm:
 
 def _parse_action(check: _Checker, name: str, spec: Any) -> ActionComponent:
     where = f"actions.{name}"
-    allowed = ("kind", "role", "offset", "column", "match", "field", "n", "grid", "hold")
+    allowed = ("kind", "role", "offset", "column", "match", "field", "n", "grid", "hold", "held_from")
     spec = check.keys(spec, where, allowed, ("kind",))
     kind, role = spec["kind"], spec.get("role", "both")
     if kind not in ACTION_KINDS:
@@ -502,6 +505,13 @@ def _parse_action(check: _Checker, name: str, spec: Any) -> ActionComponent:
     hold = check.flag(spec.get("hold", False), f"{where}.hold")
     if hold and match is None:
         raise check.error(f"{where}.hold", "holds an event's value until the next event: needs 'match'")
+    held_from = spec.get("held_from")
+    if held_from is not None:
+        # An input an agent cannot choose itself: it takes target `value` where target `flag` fires (checked against
+        # the other components with the whole action space).
+        if not hold or role != "input" or not isinstance(held_from, dict) or set(held_from) != {"flag", "value"}:
+            raise check.error(f"{where}.held_from", "a held input (role input, hold true) names {flag: <binary "
+                              "target>, value: <target>}: the targets an agent sets it from")
 
     def refuse(*keys: str) -> None:
         for key in keys:
@@ -521,7 +531,7 @@ def _parse_action(check: _Checker, name: str, spec: Any) -> ActionComponent:
         grid = _parse_grid(check, spec["grid"], f"{where}.grid")
         if match is not None and not grid.noop:
             raise check.error(f"{where}.grid.noop", "an event-driven grid needs noop: true (class 0 is a frame without an event)")
-        return ActionComponent(name, kind, role, offset, match=match, grid=grid, hold=hold)
+        return ActionComponent(name, kind, role, offset, match=match, grid=grid, hold=hold, held_from=held_from)
     if "n" not in has:
         raise check.error(f"{where}.n", "required: the number of classes (or give 'grid' to bin points)")
     n = check.integer(spec["n"], f"{where}.n", minimum=2)

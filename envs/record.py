@@ -1,13 +1,15 @@
 """Record a policy playing a gymnasium environment, as an HF dataset of frames, actions and rewards.
 
     python -m envs.record --env ENV_ID --policy MODULE:CALLABLE|random --episodes N --seed S \\
-        --frame-size 64 --output DIR [--max-steps M] [--env-kwargs JSON] [--overwrite] [--no-progress]
+        --frame-size 64 --output DIR [--max-steps M] [--env-kwargs JSON] [--overwrite] [--no-progress] \\
+        [--push-to-hub ORG/NAME]
 
 Episode e is ``env.reset(seed=S + e)``, played by ``policy(env.unwrapped, observation, rng)`` with
 ``rng = numpy.random.default_rng(S + e)``, until the env says `terminated` or `truncated`, or for at most
 M steps (the episode is then marked `truncated`). Frames come from the image observation or from
 ``render()`` in `rgb_array` mode, resized to `--frame-size` (`envs.frames`). The folder's layout and
-columns: `envs.recording`; the whole contract: docs/environments.md.
+columns: `envs.recording`; the whole contract: docs/environments.md. `--push-to-hub ORG/NAME` then uploads the
+folder as a Hub dataset repository (`envs.hub.push_recording`).
 """
 
 from __future__ import annotations
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env-kwargs", default=None, help='JSON object of keyword arguments for gymnasium.make, e.g. \'{"frames": 100}\'')
     parser.add_argument("--overwrite", action="store_true", help="replace an existing recording in --output")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
+                        help="then upload the recording to this Hub dataset repository (created if missing)")
     args = parser.parse_args(argv)
     try:
         metadata = record_episodes(args.env, args.output, args.policy, args.episodes, args.seed, args.frame_size,
@@ -172,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     print(f"wrote {metadata['episodes']} episodes, {metadata['frames']} frames to {args.output} "
           f"({metadata['steps_per_second']} steps/s)")
+    if args.push_to_hub:
+        from envs.hub import push_recording
+
+        print(f"pushed the recording to the dataset repository {push_recording(args.output, args.push_to_hub)}")
     return 0
 
 

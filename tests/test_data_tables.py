@@ -212,7 +212,8 @@ def test_replay_state_vector_and_schema(prepared_replay):
     assert {name: spec["role"] for name, spec in schema.action_space.items()} == {
         **{slot: "both" for slot in SLOTS}, "movement": "input", "new_click": "target", "click_cell": "target"}
     grid = {"kind": "grid", "columns": 21, "rows": 21, "x": [0.0, 1.0], "y": [0.0, 1.0], "noop": True}
-    assert schema.action_space["movement"] == {"type": "categorical", "n": 442, "role": "input", "meaning": grid}
+    assert schema.action_space["movement"] == {"type": "categorical", "n": 442, "role": "input", "meaning": grid,
+                                               "held": {"flag": "new_click", "value": "click_cell"}}
     assert schema.action_space["click_cell"]["meaning"] == grid
     features = dataset["train"].features
     assert features["state"].length == 2 and features["state"].feature.dtype == "float32"
