@@ -169,7 +169,6 @@ def main() -> None:
     bare_times = timed(bare_step, args.steps, args.warmup, sync)
     model_times = timed(model_step, args.steps, args.warmup, sync)
     bootstrap_times = timed(bootstrap_only, args.steps, args.warmup, sync)
-    del model, step_model, optimizer
 
     # ---- train.py's step ----
     train(STAGES["agent"](run_args), run_args)

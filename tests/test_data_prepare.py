@@ -11,7 +11,7 @@ import pytest
 
 from data.importers import DataError, death_onsets_from_health_bar, death_onsets_from_is_dead, load_packed_latents
 from data.prepare import main, prepare, split_videos
-from data.schema import RewardSpec, default_action_keys, default_action_space, load_prepared, recommended_twohot_range
+from data.schema import RewardSpec, default_action_space, load_prepared, recommended_twohot_range
 from modeling_dreamer.symlog import symlog
 from data.windows import WindowDataset
 from tests.data_helpers import assert_matches_truth, expected_rewards, features_frames, fixtures_dir, load_truth

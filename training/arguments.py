@@ -252,7 +252,7 @@ def parse_arguments(argv: list[str] | None, stages: dict[str, Any]) -> RunArgume
     )
     try:
         model, data, training, *extra = parser.parse_args_into_dataclasses(args=recipe_argv + argv)
-    except ValueError as error:  # HfArgumentParser: "Some specified arguments are not used ..."
+    except ValueError:  # HfArgumentParser: "Some specified arguments are not used ..."
         removed = [f"--{name} ({why})" for name, (_, why) in REMOVED_ARGUMENTS.items() if f"--{name}" in recipe_argv + argv]
         if removed:
             raise ArgumentError(f"arguments this version no longer has: {'; '.join(removed)}; remove them") from None

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
 
 
 class MetricsLog:

@@ -39,9 +39,8 @@ from training.stages.base import (
     preset_config,
     routed,
     saved_architecture,
-    schema_config_fields,
 )
-from training.stages.dynamics import DynamicsArguments, DynamicsStage, NoisedBatch, gather_records
+from training.stages.dynamics import DynamicsArguments, DynamicsStage, gather_records
 
 
 # Fresh observation-noise draws the reward probe is also scored on (`eval/probe/reward_auc_draws_mean`): its
