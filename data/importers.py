@@ -440,7 +440,27 @@ class _FrameReader:
         return all(frame[key] is not None for key in keys)
 
 
-def _check_frame_gaps(
+def carrying_stats(placed: CarriedEvents, coverage: dict, death_count: np.ndarray, label_rewards: np.ndarray,
+                   row_rewards: np.ndarray, event_rewards: np.ndarray) -> dict:
+    """A video's stats of what `carry_events` did (both importers report them alike): carried and dropped events,
+    the latents' coverage of the labels, deaths merged onto one row, and the reward totals and extremes."""
+    return {
+        "carried_events": placed.report["carried"]["events"],
+        "carried_reward": placed.report["carried"]["reward"],
+        "carried_deaths": placed.report["carried"]["deaths"],
+        "dropped": placed.report["dropped"],
+        "coverage": coverage,
+        "merged_deaths": int(np.maximum(death_count - 1, 0).sum()),
+        # Every reward of the labels, kept (on the rows) or dropped: kept + dropped = this.
+        "reward_total": float(label_rewards.sum()),
+        "reward_kept": float(row_rewards.sum()),
+        # The extremes of single events, dropped ones included: the twohot range covers them.
+        "event_reward_min": float(event_rewards.min()) if len(event_rewards) else None,
+        "event_reward_max": float(event_rewards.max()) if len(event_rewards) else None,
+    }
+
+
+def check_frame_gaps(
     features: VideoFeatures, packed: PackedLatents, latents_path: Path, max_frame_gap: int
 ) -> None:
     """Refuse a jump of more than `max_frame_gap` between consecutive known frame numbers."""
@@ -509,7 +529,7 @@ def import_video(
             f"{latents_path}: latents for {len(bad)} frame(s) the features do not cover "
             f"(frames {int(bad.min())}..{int(bad.max())}; {path} covers {first}..{last})"
         )
-    _check_frame_gaps(features, packed, latents_path, max_frame_gap)
+    check_frame_gaps(features, packed, latents_path, max_frame_gap)
 
     size = last - first + 1
     has_entry = np.zeros(size, bool)
@@ -574,7 +594,7 @@ def import_video(
         row = int(np.argmax(bad))
         raise _reward_error(path, int(frame_index[row]), float(reward[row]), "the sum of the rewards carried onto this frame")
     death_count = placed.deaths
-    coverage, warnings = _latent_coverage(
+    coverage, warnings = latent_coverage(
         video_id, latents_path, features, frame_index, placed.report["dropped"],
         max_carry_frames, max_uncovered_fraction, allow_truncated_latents,
     )
@@ -596,18 +616,7 @@ def import_video(
         "frames_without_is_dead": int((~is_dead_known).sum()) if uses_is_dead else 0,
         "health_bar_deaths": int(health_bar_deaths.sum()),
         "events": len(event_grid),
-        "carried_events": placed.report["carried"]["events"],
-        "carried_reward": placed.report["carried"]["reward"],
-        "carried_deaths": placed.report["carried"]["deaths"],
-        "dropped": placed.report["dropped"],
-        "coverage": coverage,
-        "merged_deaths": int(np.maximum(death_count - 1, 0).sum()),
-        # Every reward of the labels, kept (on the rows) or dropped: kept + dropped = this.
-        "reward_total": float(reward_grid.sum()),
-        "reward_kept": float(reward.sum()),
-        # The extremes of single events, dropped ones included: the twohot range covers them.
-        "event_reward_min": float(event_rewards.min()) if len(event_rewards) else None,
-        "event_reward_max": float(event_rewards.max()) if len(event_rewards) else None,
+        **carrying_stats(placed, coverage, death_count, reward_grid, reward, event_rewards),
         "gold_events": int((gold != 0).sum()),
         "missing_keys": dict(reader.missing),
         "keys_seen": sorted(reader.keys_seen),
@@ -626,7 +635,7 @@ def import_video(
     )
 
 
-def _latent_coverage(
+def latent_coverage(
     video_id: str,
     latents_path: Path,
     features: VideoFeatures,

@@ -479,17 +479,9 @@ def prepare(
     warn = _warner(warnings)
     _clean_output(output, overwrite, warn)
     paired, without_features, without_latents = find_videos(latents_dir, features_dir)
-    if not paired:
-        raise DataError(
-            f"{latents_dir}: no video has both <id>.npz here and <id>/features.json in {features_dir} "
-            f"({len(without_features)} latents files without features, {len(without_latents)} features without latents)"
-        )
-    for ids, what in ((without_features, "without features"), (without_latents, "without latents")):
-        if ids:
-            warn(f"{len(ids)} videos {what}: {ids}")
-    splits = choose_splits(paired, validation_fraction, seed, validation_videos,
-                           {**dict.fromkeys(without_features, "has latents but no features.json"),
-                            **dict.fromkeys(without_latents, "has features.json but no latents")})
+    splits = pair_and_split(latents_dir, (paired, without_features, without_latents), f"<id>/features.json in "
+                            f"{features_dir}", ("features", "features.json"), warn, validation_fraction, seed,
+                            validation_videos)
     latent_shape = reference_latent_shape(latents_dir, paired, latent_shape)
     missing_keys: Counter = Counter()
     keys_seen: set[str] = set()
@@ -598,17 +590,9 @@ def prepare_tables(
     warn = _warner(warnings)
     _clean_output(output, overwrite, warn)
     paired, without_table, without_latents = find_table_videos(latents_dir, tables_dir)
-    if not paired:
-        raise DataError(
-            f"{latents_dir}: no video has both <id>.npz here and a table <id>.parquet/.jsonl/.csv in {tables_dir} "
-            f"({len(without_table)} latents files without a table, {len(without_latents)} tables without latents)"
-        )
-    for ids, what in ((without_table, "without a table"), (without_latents, "without latents")):
-        if ids:
-            warn(f"{len(ids)} videos {what}: {ids}")
-    splits = choose_splits(paired, validation_fraction, seed, validation_videos,
-                           {**dict.fromkeys(without_table, "has latents but no table"),
-                            **dict.fromkeys(without_latents, "has a table but no latents")})
+    splits = pair_and_split(latents_dir, (paired, without_table, without_latents), f"a table "
+                            f"<id>.parquet/.jsonl/.csv in {tables_dir}", ("a table", "a table"), warn, validation_fraction, seed,
+                            validation_videos)
     latent_shape = reference_latent_shape(latents_dir, paired, latent_shape)
     action_space = mapping.action_space()
 
@@ -697,6 +681,28 @@ def _clean_output(output: Path, overwrite: bool, warn: Callable[[str], None]) ->
     except OSError as error:
         raise DataError(f"{output}: cannot clean up after an interrupted run ({error})") from error
     check_output(output, overwrite)
+
+
+def pair_and_split(
+    latents_dir: Path, found: tuple[list[str], list[str], list[str]], labels_where: str, labels: tuple[str, str],
+    warn: Callable[[str], None], validation_fraction: float, seed: int, validation_videos: list[str] | None,
+) -> dict[str, list[str]]:
+    """The splits of the videos that have both latents and labels (`found`: paired, without labels, without
+    latents); unpaired videos are warned about, and none paired is a DataError naming the folders. `labels`: the
+    labels' name after "without" and after "a / has" ("features", "features.json"; "a table", "a table")."""
+    paired, without_labels, without_latents = found
+    plural, singular = labels
+    if not paired:
+        raise DataError(
+            f"{latents_dir}: no video has both <id>.npz here and {labels_where} ({len(without_labels)} latents files "
+            f"without {plural}, {len(without_latents)} {singular.removeprefix('a ')}s without latents)"
+        )
+    for ids, what in ((without_labels, f"without {plural}"), (without_latents, "without latents")):
+        if ids:
+            warn(f"{len(ids)} videos {what}: {ids}")
+    return choose_splits(paired, validation_fraction, seed, validation_videos,
+                         {**dict.fromkeys(without_labels, f"has latents but no {singular.removeprefix('a ')}"),
+                          **dict.fromkeys(without_latents, f"has {singular} but no latents")})
 
 
 def choose_splits(

@@ -37,9 +37,10 @@ from data.importers import (
     INT32_MAX,
     VideoFeatures,
     VideoFrames,
-    _check_frame_gaps,
-    _latent_coverage,
+    check_frame_gaps,
+    latent_coverage,
     carry_events,
+    carrying_stats,
     load_packed_latents,
 )
 from data.mapping import ActionComponent, Mapping, RewardTerm
@@ -678,7 +679,7 @@ def import_table_video(
         )
     # The rules of the features path, applied to the table's frames (the labelled frames).
     as_features = VideoFeatures(table.path, {}, dict.fromkeys(table.frames.tolist()), first, last)
-    _check_frame_gaps(as_features, packed, latents_path, max_frame_gap)
+    check_frame_gaps(as_features, packed, latents_path, max_frame_gap)
 
     # Rewards and deaths: one event per term and frame, moved by the term's offset, then carried.
     names = list(mapping.rewards)
@@ -700,7 +701,7 @@ def import_table_video(
         row = int(np.argmax(bad))
         raise DataError(f"{table.path}: frame {int(frame_index[row])}: the rewards carried onto this frame sum to "
                         f"{reward[row]:.6g}, beyond float32 (the stored type)")
-    coverage, warnings = _latent_coverage(video_id, latents_path, as_features, frame_index, placed.report["dropped"],
+    coverage, warnings = latent_coverage(video_id, latents_path, as_features, frame_index, placed.report["dropped"],
                                           max_carry_frames, max_uncovered_fraction, allow_truncated_latents)
 
     # Actions: by frame number after the offset; never carried.
@@ -759,16 +760,7 @@ def import_table_video(
         "deaths": int(is_death.sum()),
         "deaths_kept": int(death_count.sum()),
         "events_total": int(len(frames)),
-        "carried_events": placed.report["carried"]["events"],
-        "carried_reward": placed.report["carried"]["reward"],
-        "carried_deaths": placed.report["carried"]["deaths"],
-        "dropped": placed.report["dropped"],
-        "coverage": coverage,
-        "merged_deaths": int(np.maximum(death_count - 1, 0).sum()),
-        "reward_total": float(rewards.sum()),
-        "reward_kept": float(reward.sum()),
-        "event_reward_min": float(rewards.min()) if len(rewards) else None,
-        "event_reward_max": float(rewards.max()) if len(rewards) else None,
+        **carrying_stats(placed, coverage, death_count, rewards, reward, rewards),
         "reward_terms": terms,
         "actions": action_stats,
         "state_known_fraction": {name: float(state_mask[:, j].mean()) for j, name in enumerate(mapping.state)}

@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .attention import check_attn_implementation, get_attention_function, resolve_attn_implementation
+from .attention import (
+    check_attn_implementation,
+    get_attention_function,
+    resolve_attn_implementation,
+    time_attention_mask,
+)
 from .cache import DreamerCache
 from .configuration_dreamer import DreamerConfig
 
@@ -204,3 +209,38 @@ class DreamerBlock(GradientCheckpointingLayer):
         )
         hidden = hidden + attention
         return hidden + self.mlp(self.mlp_norm(hidden))
+
+
+def run_blocks(
+    layers: nn.ModuleList,
+    hidden: torch.Tensor,
+    config,
+    num_readers: int = 0,
+    independent_frames: torch.Tensor | None = None,
+    cache: DreamerCache | None = None,
+    use_cache: bool = False,
+) -> torch.Tensor:
+    """``hidden (B, T, S, D)`` through a stack of :class:`DreamerBlock`s: RoPE over the slots (space) and over the
+    frames' absolute positions (time, continuing ``cache``), the causal time mask over the cached and the new frames
+    within ``config.time_context_length``; the last ``num_readers`` slots read every slot and no slot reads them.
+    The dynamics model and the tokenizer's encoder and decoder share it."""
+    frames, slots = hidden.shape[1], hidden.shape[2]
+    offset, cached = (cache.num_frames, cache.cached_frames) if cache is not None else (0, 0)
+    space_rope = rotary_tables(slots, config.head_dim, config.rope_theta, hidden.device)
+    time_rope = rotary_tables(frames, config.head_dim, config.rope_theta, hidden.device, offset=offset)
+    implementation = resolve_attn_implementation(config._attn_implementation, hidden.device, config.attn_logit_softcapping)
+    # Queries are the frames fed (absolute positions offset..), keys the cached frames and them.
+    time_mask = time_attention_mask(implementation, frames, cached + frames, hidden.device, q_offset=offset,
+                                    kv_offset=offset - cached, sliding_window=config.time_context_length)
+    for layer in layers:
+        hidden = layer(
+            hidden,
+            space_position_embeddings=space_rope,
+            time_position_embeddings=time_rope,
+            time_attention_mask=time_mask,
+            num_agent_tokens=num_readers,
+            independent_frames=independent_frames,
+            past_key_values=cache,
+            use_cache=use_cache,
+        )
+    return hidden

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -27,13 +26,6 @@ from transformers.utils import ModelOutput
 
 from .action_space import num_choices
 from .cache import DreamerCache
-from .attention import (
-    AUTO_ATTN_IMPLEMENTATION,
-    DREAMER_ATTENTION_FUNCTIONS,
-    check_attn_implementation,
-    resolve_attn_implementation,
-    time_attention_mask,
-)
 from .configuration_dreamer import DreamerConfig
 from .distributions import policy_log_prob, policy_sample, twohot_bins, twohot_decode
 from .heads import (
@@ -44,10 +36,10 @@ from .heads import (
     DreamerValueHead,
     DreamerZeroLinear,
 )
-from .layers import DreamerBlock, DreamerRMSNorm, rotary_tables
+from .layers import DreamerBlock, DreamerRMSNorm, run_blocks
+from .pretrained import DreamerPreTrainedMixin
 from .validation import (
     check_generator,
-    check_local_checkpoint,
     check_model_inputs,
     check_policy_logits,
     check_positive_int,
@@ -369,7 +361,7 @@ class DreamerAgentTokens(nn.Module):
         return self.task_embed(task_ids)[:, :, None, :] + self.slots
 
 
-class DreamerPreTrainedModel(PreTrainedModel):
+class DreamerPreTrainedModel(DreamerPreTrainedMixin, PreTrainedModel):
     config_class = DreamerConfig
     base_model_prefix = "dreamer"
     main_input_name = "latents"
@@ -387,32 +379,6 @@ class DreamerPreTrainedModel(PreTrainedModel):
     def parameter_role(cls, name: str) -> str:
         """``"backbone"``, ``"agent"`` or ``"heads"`` for a parameter name of this model."""
         return cls.module_roles.get(name.split(".", 1)[0], "backbone")
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, after checking a local checkpoint folder: a missing
-        folder, a missing ``config.json`` or a truncated ``model.safetensors`` raise an ``OSError``
-        naming the folder and the file (``validation.check_local_checkpoint``)."""
-        if pretrained_model_name_or_path is not None:
-            check_local_checkpoint(
-                pretrained_model_name_or_path,
-                subfolder=kwargs.get("subfolder") or "",
-                need_config=kwargs.get("config") is None,
-                who=f"{cls.__name__}.from_pretrained",
-            )
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-
-    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
-        """transformers' hook that validates ``attn_implementation``: None (not asked for) becomes
-        ``"auto"`` (chosen per device at run time, ``attention.resolve_attn_implementation``); the
-        project's own names are accepted; an implementation that cannot apply the configured logit
-        soft cap is refused here, when the model is built."""
-        if requested_attention in (None, AUTO_ATTN_IMPLEMENTATION):
-            return AUTO_ATTN_IMPLEMENTATION
-        check_attn_implementation(requested_attention, self.config.attn_logit_softcapping)
-        if requested_attention in DREAMER_ATTENTION_FUNCTIONS:
-            return requested_attention
-        return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -526,7 +492,7 @@ class DreamerModel(DreamerPreTrainedModel):
         b, t = latents.shape[:2]
         c = self.config
         cache = DreamerCache(c.time_context_length) if use_cache and past_key_values is None else past_key_values
-        offset, cached = (cache.num_frames, cache.cached_frames) if cache is not None else (0, 0)
+        cached = cache.cached_frames if cache is not None else 0
         if independent_frames is not None and cached and bool(independent_frames.any()):
             raise ValueError(f"{type(self).__name__}: independent_frames cannot continue cached frames")
         latents = latents.to(self.dtype)
@@ -538,23 +504,7 @@ class DreamerModel(DreamerPreTrainedModel):
         num_agent = 0 if agent_tokens is None else agent_tokens.shape[2]
         if num_agent:
             hidden = torch.cat([hidden, agent_tokens.to(hidden.dtype)], dim=2)
-        space_rope = rotary_tables(hidden.shape[2], c.head_dim, c.rope_theta, hidden.device)
-        time_rope = rotary_tables(t, c.head_dim, c.rope_theta, hidden.device, offset=offset)
-        implementation = resolve_attn_implementation(c._attn_implementation, hidden.device, c.attn_logit_softcapping)
-        # Queries are the frames fed (absolute positions offset..), keys the cached frames and them.
-        time_mask = time_attention_mask(implementation, t, cached + t, hidden.device, q_offset=offset,
-                                        kv_offset=offset - cached, sliding_window=c.time_context_length)
-        for layer in self.layers:
-            hidden = layer(
-                hidden,
-                space_position_embeddings=space_rope,
-                time_position_embeddings=time_rope,
-                time_attention_mask=time_mask,
-                num_agent_tokens=num_agent,
-                independent_frames=independent_frames,
-                past_key_values=cache,
-                use_cache=use_cache,
-            )
+        hidden = run_blocks(self.layers, hidden, c, num_agent, independent_frames, cache, use_cache)
         if use_cache:
             last = None if actions is None else {name: value[:, -1] for name, value in actions.items()}
             labeled = None if actions is None else (

@@ -17,7 +17,6 @@ floats in ``[0, 1]`` for the differentiable paths (``forward``, ``encode_pixels`
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -26,17 +25,10 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .attention import (
-    AUTO_ATTN_IMPLEMENTATION,
-    DREAMER_ATTENTION_FUNCTIONS,
-    check_attn_implementation,
-    resolve_attn_implementation,
-    time_attention_mask,
-)
 from .cache import DreamerCache
 from .configuration_tokenizer import DreamerTokenizerConfig
-from .layers import DreamerBlock, DreamerRMSNorm, rotary_tables
-from .validation import check_local_checkpoint
+from .layers import DreamerBlock, DreamerRMSNorm, run_blocks
+from .pretrained import DreamerPreTrainedMixin
 
 
 @dataclass
@@ -163,27 +155,10 @@ class DreamerTokenizerTransformer(nn.Module):
         self, hidden: torch.Tensor, num_readers: int, cache: DreamerCache | None = None, use_cache: bool = False
     ) -> torch.Tensor:
         """``hidden (B, T, S, D)`` -> normalised ``(B, T, S, D)``."""
-        c = self.config
-        frames, slots = hidden.shape[1], hidden.shape[2]
-        offset, cached = (cache.num_frames, cache.cached_frames) if cache is not None else (0, 0)
-        space_rope = rotary_tables(slots, c.head_dim, c.rope_theta, hidden.device)
-        time_rope = rotary_tables(frames, c.head_dim, c.rope_theta, hidden.device, offset=offset)
-        implementation = resolve_attn_implementation(c._attn_implementation, hidden.device, c.attn_logit_softcapping)
-        # Queries are the frames fed (absolute positions offset..), keys the cached frames and them.
-        time_mask = time_attention_mask(implementation, frames, cached + frames, hidden.device, q_offset=offset,
-                                        kv_offset=offset - cached, sliding_window=c.time_context_length)
-        for layer in self.layers:
-            hidden = layer(
-                hidden,
-                space_position_embeddings=space_rope,
-                time_position_embeddings=time_rope,
-                time_attention_mask=time_mask,
-                num_agent_tokens=num_readers,  # the firewall: these last slots read all, nothing reads them
-                past_key_values=cache,
-                use_cache=use_cache,
-            )
+        # The firewall: the last `num_readers` slots read all, nothing reads them.
+        hidden = run_blocks(self.layers, hidden, self.config, num_readers, cache=cache, use_cache=use_cache)
         if use_cache:
-            cache.advance(frames, None, None)
+            cache.advance(hidden.shape[1], None, None)
         return self.norm(hidden)
 
 
@@ -240,7 +215,7 @@ class DreamerTokenizerDecoder(nn.Module):
         return unpatchify(patches, c.patch_size, c.image_height, c.image_width) * 0.5 + 0.5
 
 
-class DreamerTokenizerPreTrainedModel(PreTrainedModel):
+class DreamerTokenizerPreTrainedModel(DreamerPreTrainedMixin, PreTrainedModel):
     config_class = DreamerTokenizerConfig
     base_model_prefix = "tokenizer"
     main_input_name = "pixel_values"
@@ -248,29 +223,6 @@ class DreamerTokenizerPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DreamerBlock"]  # also the default FSDP wrap classes
     _supports_sdpa = True
     _supports_flex_attn = True
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, after checking a local checkpoint folder (a missing folder, a
-        missing ``config.json`` or a truncated ``model.safetensors`` raise an ``OSError`` naming them)."""
-        if pretrained_model_name_or_path is not None:
-            check_local_checkpoint(
-                pretrained_model_name_or_path,
-                subfolder=kwargs.get("subfolder") or "",
-                need_config=kwargs.get("config") is None,
-                who=f"{cls.__name__}.from_pretrained",
-            )
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-
-    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
-        """As the dynamics model: None becomes ``"auto"`` (chosen per device at run time); an implementation that
-        cannot apply the configured logit soft cap (``sdpa``) is refused when the model is built."""
-        if requested_attention in (None, AUTO_ATTN_IMPLEMENTATION):
-            return AUTO_ATTN_IMPLEMENTATION
-        check_attn_implementation(requested_attention, self.config.attn_logit_softcapping)
-        if requested_attention in DREAMER_ATTENTION_FUNCTIONS:
-            return requested_attention
-        return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
