@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="the longer demo: 400 episodes per agent and held-out "
                         "evaluations during phases 2 and 3 (make demo-full)")
     parser.add_argument("--quick", action="store_true", help="a few steps of each stage and a short game (for tests)")
+    parser.add_argument("--time-context-length", type=int, default=None,
+                        help="train phases 1 and 2 with this time context (default: half the window, train.py's)")
     args = parser.parse_args()
 
     output, data = (ROOT / args.output).resolve(), (ROOT / args.data).resolve()
@@ -150,6 +152,7 @@ def main() -> None:
     python = sys.executable
     quick = ["--max_steps", "3", "--eval_steps", "0", "--save_steps", "0", "--logging_steps", "1"] if args.quick else []
     periodic_eval = {"agent": ["--eval_steps", "150"], "imagination": ["--eval_steps", "50"]} if args.full else {}
+    context = ["--time_context_length", str(args.time_context_length)] if args.time_context_length else []
     episodes = args.episodes or (400 if args.full else 200)
     episodes, frames = (4, 30) if args.quick else (episodes, 300)
     prepared = str(data / "prepared")
@@ -168,7 +171,8 @@ def main() -> None:
                output / "agent" / "final"))
     for name, title, recipe, init_from in stages:
         command = [python, "train.py", "--config", recipe, "--dataset_path", prepared, "--output_dir",
-                   str(output / name), "--overwrite_output_dir", "true", *periodic_eval.get(name, []), *quick]
+                   str(output / name), "--overwrite_output_dir", "true", *periodic_eval.get(name, []), *quick,
+                   *(context if name != "imagination" else [])]
         timings[name] = run(title, command + (["--init_from", str(init_from)] if init_from else []), logs / f"{name}.log")
 
     # ---- evaluations beyond train.py's held-out metrics ----
