@@ -66,6 +66,12 @@ class DreamerTokenizerConfig(PretrainedConfig):
         initializer_range: std of the normal initialisation of linear layers and learned tokens.
         time_context_length: how many frames (its own included) a frame's time attention reads, a sliding
             causal window (the same in training and frame by frame with a cache). ``None``: all earlier frames.
+        slot_residuals: a direct path for the picture besides attention: each latent token starts from the mean
+            of the patch tokens it covers, and each read-out token from the (projected) latent tokens covering
+            its patch (``modeling_tokenizer.slot_membership``). Without it, on frames that differ in a few pixels
+            (CartPole: 2% of them) the encoder's output stopped depending on the frame within 25 steps and the
+            decoder drew the mean picture (docs/tokenizer.md). Off by default: saved tokenizers keep their
+            architecture.
     """
 
     model_type = "dreamer_tokenizer"
@@ -94,6 +100,7 @@ class DreamerTokenizerConfig(PretrainedConfig):
         rms_norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
         time_context_length: int | None = 16,
+        slot_residuals: bool = False,
         **kwargs: Any,
     ) -> None:
         self.image_height = image_height
@@ -119,6 +126,7 @@ class DreamerTokenizerConfig(PretrainedConfig):
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
         self.time_context_length = time_context_length
+        self.slot_residuals = bool(slot_residuals)
         super().__init__(**kwargs)
         self.check_fields()
 

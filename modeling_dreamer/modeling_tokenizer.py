@@ -18,6 +18,7 @@ floats in ``[0, 1]`` for the differentiable paths (``forward``, ``encode_pixels`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -119,6 +120,19 @@ def draw_patch_mask(
     return mask.to(device) if device is not None else mask
 
 
+def slot_membership(num_patches: int, num_latents: int, device: Any = None, dtype: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``slot_residuals``' fixed mixing matrices: ``(to_latents (N_b, N_p), to_readouts (N_p, N_b))``, the rows
+    averaging the patch tokens a latent token covers and the latent tokens covering a patch. Patches in row-major
+    order: with ``N_p >= N_b`` patch ``i`` belongs to latent ``i * N_b // N_p`` (contiguous runs); with fewer
+    patches, latent ``k`` covers patch ``k * N_p // N_b``."""
+    membership = torch.zeros(num_latents, num_patches, device=device, dtype=dtype)
+    if num_patches >= num_latents:
+        membership[torch.arange(num_patches) * num_latents // num_patches, torch.arange(num_patches)] = 1
+    else:
+        membership[torch.arange(num_latents), torch.arange(num_latents) * num_patches // num_latents] = 1
+    return membership / membership.sum(1, keepdim=True), membership.t() / membership.t().sum(1, keepdim=True)
+
+
 class DreamerTokenizerPatchEmbeddings(nn.Module):
     """Pixels -> patch tokens: a linear embedding of each ``p x p`` patch; a masked patch's token is the learned
     ``mask_embedding`` instead (its pixels are not read)."""
@@ -172,6 +186,7 @@ class DreamerTokenizerEncoder(nn.Module):
         self.latent_tokens = nn.Parameter(torch.zeros(config.num_latent_tokens, config.hidden_size))
         self.transformer = DreamerTokenizerTransformer(config, config.num_encoder_layers)
         self.to_bottleneck = nn.Linear(config.hidden_size, config.latent_token_dim)
+        self.slot_residuals = config.slot_residuals
 
     def forward(
         self,
@@ -185,6 +200,9 @@ class DreamerTokenizerEncoder(nn.Module):
         b, t = patches.shape[:2]
         latents = self.latent_tokens.to(patches.dtype).expand(b, t, -1, -1)
         num_latent = latents.shape[2]
+        if self.slot_residuals:  # each latent token starts from the patches it covers (config docstring)
+            to_latents, _ = slot_membership(patches.shape[2], num_latent, patches.device, patches.dtype)
+            latents = latents + torch.einsum("kp,btpd->btkd", to_latents, patches)
         hidden = self.transformer(torch.cat([patches, latents], dim=2), num_latent, cache, use_cache)
         return torch.tanh(self.to_bottleneck(hidden[:, :, -num_latent:]))
 
@@ -209,6 +227,9 @@ class DreamerTokenizerDecoder(nn.Module):
         latents = self.from_bottleneck(bottleneck)
         b, t = latents.shape[:2]
         readout = self.readout_tokens.to(latents.dtype).expand(b, t, -1, -1)
+        if c.slot_residuals:  # each read-out token starts from the latent tokens covering its patch
+            _, to_readouts = slot_membership(c.num_patches, latents.shape[2], latents.device, latents.dtype)
+            readout = readout + torch.einsum("pk,btkd->btpd", to_readouts, latents)
         hidden = self.transformer(torch.cat([latents, readout], dim=2), c.num_patches, cache, use_cache)
         patches = self.patch_head(hidden[:, :, -c.num_patches :])
         # The head predicts centred values (mid-grey = 0, as the encoder's input), mapped back to [0, 1].

@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 STAGES = ("tokenizer", "dynamics", "agent", "imagination")
 POLICIES = ("random", "behaviour", "phase2", "phase3")
+# The steps in order; `--start-at STEP` reuses the outputs of the earlier ones in DIR (e.g. to try phase-3 knobs).
+STEPS = ("record", "tokenizer", "prepare", "dynamics", "agent", "imagination", "evaluate")
 
 
 # ---- running the steps ----
@@ -312,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every step (default: torch's)")
     parser.add_argument("--push-to-hub", metavar="ORG/NAME-PREFIX", default=None,
                         help="share NAME-PREFIX-tokenizer, NAME-PREFIX-agent and NAME-PREFIX-episodes on the Hub")
+    parser.add_argument("--start-at", choices=STEPS, default=STEPS[0],
+                        help="reuse the outputs of the steps before this one, already in --output")
     args = parser.parse_args(argv)
+    todo = set(STEPS[STEPS.index(args.start_at):])
 
     recipe, recipe_path = load_recipe(args.recipe)
     output = Path(args.output).resolve()
@@ -322,20 +327,25 @@ def main(argv: list[str] | None = None) -> int:
     python, started = sys.executable, time.time()
 
     # 1. the data: the behaviour policy's episodes, and held-out ones on other seeds for the dreams
-    pipeline.run("record", record_command(args.env, args.policy, output / "recording", recipe["record"], args.env_kwargs))
-    pipeline.run("record_heldout", record_command(args.env, args.policy, output / "heldout",
-                                                  {**recipe["record"], **recipe["heldout"]}, args.env_kwargs))
+    if "record" in todo:
+        pipeline.run("record", record_command(args.env, args.policy, output / "recording", recipe["record"],
+                                              args.env_kwargs))
+        pipeline.run("record_heldout", record_command(args.env, args.policy, output / "heldout",
+                                                      {**recipe["record"], **recipe["heldout"]}, args.env_kwargs))
 
     # 2-4. the tokenizer, the prepared dataset, phases 1-3: each the command a user types
     def train(stage: str, dataset: Path, init_from: Path | None = None) -> None:
+        if stage not in todo:
+            return
         command = [python, "train.py", "--config", str(stage_recipes[stage]), "--dataset_path", str(dataset),
                    "--output_dir", str(output / stage), "--overwrite_output_dir", "true"]
         pipeline.run(stage, command + (["--init_from", str(init_from)] if init_from else []))
 
     train("tokenizer", output / "recording")
-    pipeline.run("prepare", [python, "-m", "data.prepare", "--episodes", str(output / "recording"), "--tokenizer",
-                             str(output / "tokenizer" / "final"), "--output", str(output / "prepared"), "--overwrite",
-                             "--no-progress"])
+    if "prepare" in todo:
+        pipeline.run("prepare", [python, "-m", "data.prepare", "--episodes", str(output / "recording"), "--tokenizer",
+                                 str(output / "tokenizer" / "final"), "--output", str(output / "prepared"),
+                                 "--overwrite", "--no-progress"])
     train("dynamics", output / "prepared")
     train("agent", output / "prepared", output / "dynamics" / "final")
     train("imagination", output / "prepared", output / "agent" / "final")
@@ -384,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         with pipeline.timed("push_to_hub"):
             summary["hub"] = share(output, args.push_to_hub)
     summary["seconds"] = {**pipeline.seconds, "total": round(time.time() - started, 1)}
+    summary["reused_steps"] = [step for step in STEPS if step not in todo]  # run before, not timed here
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (output / "report.md").write_text(report(summary))
     print(f"\nfinished in {summary['seconds']['total']:.0f} s: {output / 'report.md'}")
