@@ -28,8 +28,9 @@ from envs.frames import env_frame
 class AgentPlayer:
     """Loads an agent (`DreamerAgentModel` folder) and its tokenizer (`DreamerTokenizer` folder) and plays.
 
-    Checks on load, each a `ValueError` naming both folders: the tokenizer's latent shape is the agent's,
-    and the agent's action space is the env's (`mapping.action_space`, names, kinds and class counts).
+    Checks on load, each a `ValueError` naming both folders: the tokenizer's latent shape is the agent's, the
+    tokenizer is the one whose latents the agent was trained on (`DreamerAgent.check_tokenizer`), and the agent's
+    action space is the env's (`mapping.action_space`, names, kinds and class counts).
     """
 
     def __init__(self, agent_dir: str | Path, tokenizer_dir: str | Path, mapping: ActionMapping,
@@ -46,6 +47,10 @@ class AgentPlayer:
         if tuple(tokenizer_config.latent_shape) != agent_shape:
             raise ValueError(f"--tokenizer {tokenizer_dir} makes latents {tuple(tokenizer_config.latent_shape)}, but --agent "
                              f"{agent_dir} reads {agent_shape}")
+        try:  # the same latent shape is not enough: another tokenizer's latents mean something else to the agent
+            self.agent.check_tokenizer(self.tokenizer)
+        except ValueError as error:
+            raise ValueError(f"--agent {agent_dir} with --tokenizer {tokenizer_dir}: {error}") from error
         if dict(config.action_space) != mapping.action_space:
             raise ValueError(f"--agent {agent_dir} acts in {dict(config.action_space)}, but the env's actions map to "
                              f"{mapping.action_space} (docs/environments.md, action mapping)")

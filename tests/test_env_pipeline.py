@@ -106,3 +106,27 @@ def test_an_agent_learns_episode_ends_and_phase3_stops_at_them(pipeline: dict[st
                    str(pipeline["root"] / "agent" / "final"), "--max_steps", "1", "--imagination_horizon", "3",
                    "--imagination_num_steps", "1", "--imagination_context", "3", *common)
     assert "eval/imagined_return" in phase3
+
+
+def test_the_player_refuses_a_tokenizer_the_agent_was_not_trained_on(pipeline: dict[str, Path]) -> None:
+    """Same latent shape, other weights: the agent would read its latents as something else."""
+    from envs.agent_player import AgentPlayer
+    from envs.environment import open_env
+    from modeling_dreamer import DreamerAgentModel, DreamerTokenizer
+
+    agent_dir = pipeline["root"] / "agent" / "final"
+    if not agent_dir.is_dir():  # trained by the test above; alone, train a minimal one
+        train("--stage", "agent", "--dataset_path", str(pipeline["prepared"]), "--output_dir",
+              str(pipeline["root"] / "agent"), "--model_overrides", json.dumps(DYNAMICS), "--max_steps", "1",
+              "--window_length", "6", "--per_device_train_batch_size", "4", "--max_eval_windows", "4", *COMMON)
+    assert DreamerAgentModel.from_pretrained(agent_dir).config.tokenizer_hash
+    torch.manual_seed(1)
+    other = DreamerTokenizer(DreamerTokenizer.from_pretrained(pipeline["tokenizer"]).config)
+    other.save_pretrained(pipeline["root"] / "other_tokenizer")
+    opened = open_env("CartPole-v1", frames=False)
+    try:
+        AgentPlayer(agent_dir, pipeline["tokenizer"], opened.mapping, device="cpu")  # its own: accepted
+        with pytest.raises(ValueError, match=r"other_tokenizer.*trained on the latents of tokenizer"):
+            AgentPlayer(agent_dir, pipeline["root"] / "other_tokenizer", opened.mapping, device="cpu")
+    finally:
+        opened.close()
