@@ -46,7 +46,7 @@ def push_model(folder: str | Path, repo_id: str, config_updates: dict[str, Any] 
 
     config_updates: config fields to set before pushing (the agent's `tokenizer_name`: the tokenizer's Hub id).
     The folder itself is not changed."""
-    from huggingface_hub import HfApi
+    from training.reporting import push_with_model_card
 
     model_class = model_class_of(folder)
     model = model_class.from_pretrained(folder)
@@ -54,17 +54,7 @@ def push_model(folder: str | Path, repo_id: str, config_updates: dict[str, Any] 
         if not hasattr(model.config, name):
             raise ValueError(f"push_model: {model_class.__name__}'s config has no field {name!r}")
         setattr(model.config, name, value)
-    commit = model.push_to_hub(repo_id, private=private, token=token,
-                               commit_message=f"Upload {model_class.__name__} (modeling_dreamer)")
-    pushed_id = getattr(commit, "repo_url", None)
-    pushed_id = getattr(pushed_id, "repo_id", None) or repo_id
-    card = Path(folder) / "README.md"
-    if card.is_file():
-        # push_to_hub writes transformers' template card for a repository that has none; the run's own card
-        # (data, training, held-out metrics) is the one to read.
-        HfApi().upload_file(path_or_fileobj=str(card), path_in_repo="README.md", repo_id=pushed_id, token=token,
-                            commit_message="Model card of the training run")
-    return pushed_id
+    return push_with_model_card(model, Path(folder), repo_id, private=private, token=token)
 
 
 def push_recording(folder: str | Path, repo_id: str, private: bool | None = None, token: str | None = None) -> str:

@@ -182,7 +182,7 @@ def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def criteria(summary: dict[str, Any]) -> dict[str, Any]:
-    """The issue's bars, each with the figures it is judged on (never a hard-coded verdict)."""
+    """The bars of docs/environments.md ("From pixels to an agent"), each with the figures it is judged on."""
     tokenizer, dreams, returns, pairs = summary["tokenizer"], summary["dreams"], summary["returns"], summary["paired"]
     above = [h for h, d, p in zip(dreams["horizons"], dreams["psnr"], dreams["persistence_psnr"]) if d > p]
     judged = [h for h in dreams["horizons"] if 4 <= h <= 16]
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", required=True, help="a gymnasium env id (module:EnvId imports module first)")
     parser.add_argument("--policy", required=True, help="the behaviour policy, MODULE:CALLABLE or random")
     parser.add_argument("--output", required=True, help="the folder of every run, result and the report")
-    parser.add_argument("--recipe", default="cpu", help="cpu | gpu | smoke (recipes/env_<name>.yaml) or a YAML file")
+    parser.add_argument("--recipe", default="cpu", help="cpu | gpu | smoke (recipes/env_<name>.yaml) or a YAML file of the same sections")
     parser.add_argument("--env-kwargs", default=None, help="JSON object of keyword arguments for gymnasium.make")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every step (default: torch's)")
     parser.add_argument("--push-to-hub", metavar="ORG/NAME-PREFIX", default=None,

@@ -40,7 +40,7 @@ from training.checkpointing import (
 )
 from training.data import RunData
 from training.optim import build_param_groups, build_scheduler, choose_mixed_precision
-from training.reporting import MetricsLog, write_model_card
+from training.reporting import MetricsLog, push_with_model_card, write_model_card
 from training.stages.base import Stage, StepLosses
 from training.weight_average import WEIGHT_AVERAGE_FILE, WeightAverage
 
@@ -379,8 +379,8 @@ def finish(run: Run) -> dict[str, float]:
         write_model_card(run.output_dir / "final", run.unwrapped.config, run.stage.description, run.setup,
                          run.data.summary(), run.stage.model_card_lines(run.unwrapped.config), final_metrics)
         (run.output_dir / "eval_metrics.json").write_text(json.dumps(final_metrics, indent=2))
-        if t.push_to_hub:
-            run.unwrapped.push_to_hub(t.hub_model_id)
+        if t.push_to_hub:  # like transformers' Trainer: the output folder's name when no hub_model_id is given
+            push_with_model_card(run.unwrapped, run.output_dir / "final", t.hub_model_id or run.output_dir.name)
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     return final_metrics

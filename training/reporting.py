@@ -102,3 +102,20 @@ def write_model_card(folder: Path, config: Any, stage_description: str, setup: d
     ]
     content = f"---\n{card_data.to_yaml()}\n---\n" + "\n".join(body)
     ModelCard(content).save(folder / "README.md")
+
+
+def push_with_model_card(model: Any, folder: Path, repo_id: str, private: bool | None = None,
+                         token: str | None = None) -> str:
+    """Push `model` (saved in `folder`) with the library's `push_to_hub`, then `folder`'s model card over the
+    template card `push_to_hub` writes for a new repository; returns the repository id the Hub gave."""
+    from huggingface_hub import HfApi
+
+    commit = model.push_to_hub(repo_id, private=private, token=token,
+                               commit_message=f"Upload {type(model).__name__} (modeling_dreamer)")
+    pushed_id = getattr(getattr(commit, "repo_url", None), "repo_id", None) or repo_id
+    card = Path(folder) / "README.md"
+    if card.is_file():  # the run's own card: its data, training and held-out metrics
+        HfApi().upload_file(path_or_fileobj=str(card), path_in_repo="README.md", repo_id=pushed_id, token=token,
+                            commit_message="Model card of the training run")
+    return pushed_id
+
