@@ -78,6 +78,11 @@ class DreamerConfig(PretrainedConfig):
             (``state_pred``, an auxiliary head).
         tokenizer_name, tokenizer_hash: the tokenizer whose latents the model was trained on (recorded at
             prepare time); a model refuses a tokenizer that differs (``check_tokenizer``).
+        latent_position_embeddings: add a learned embedding per latent-token position (``(N_z, D)``) to the
+            latent tokens. Our addition, not the paper's: RoPE puts position into the attention scores only, so
+            the agent tokens read *what* the latent tokens hold but not *where* it is, and a policy that depends
+            on where things are in the frame (a pole's lean, a link's swing) is not learned from tokenizer
+            latents without it (docs/model.md). Off by default: saved models keep their architecture.
 
     The earlier names ``attn_logit_softcap`` and ``agent_tokens_per_frame`` are accepted (keyword or
     saved ``config.json``) and read/write the fields above.
@@ -125,6 +130,7 @@ class DreamerConfig(PretrainedConfig):
         predict_state: bool = False,
         tokenizer_name: str | None = None,
         tokenizer_hash: str | None = None,
+        latent_position_embeddings: bool = False,
         **kwargs: Any,
     ) -> None:
         for old, new in RENAMED_FIELDS.items():
@@ -172,6 +178,7 @@ class DreamerConfig(PretrainedConfig):
         self.predict_state = predict_state
         self.tokenizer_name = tokenizer_name
         self.tokenizer_hash = tokenizer_hash
+        self.latent_position_embeddings = bool(latent_position_embeddings)
         super().__init__(**kwargs)
         # AutoModel maps this config to a tuple of classes and picks one by `architectures`;
         # transformers iterates that field without a None check, so it stays a list ([] = none).

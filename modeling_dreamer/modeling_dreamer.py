@@ -282,6 +282,9 @@ class DreamerFrameEmbeddings(nn.Module):
         p = config.patch_size
         self.latent_proj = nn.Linear(config.latent_channels * p * p, config.hidden_size)
         self.registers = nn.Parameter(torch.zeros(config.num_register_tokens, config.hidden_size))
+        # Where each latent token sits in the frame, for the agent tokens' reading (config docstring).
+        self.latent_positions = (nn.Parameter(torch.zeros(config.num_latent_tokens, config.hidden_size))
+                                 if config.latent_position_embeddings else None)
         self.signal_embed = nn.Embedding(config.k_max + 1, config.hidden_size // 2)
         self.step_embed = nn.Embedding(int(math.log2(config.k_max)) + 1, config.hidden_size // 2)
         self.actions = DreamerActionEmbedding(config)
@@ -319,6 +322,8 @@ class DreamerFrameEmbeddings(nn.Module):
     ) -> torch.Tensor:
         b, t = latents.shape[:2]
         latent_tokens = self.latent_proj(self.patchify(latents))
+        if self.latent_positions is not None:
+            latent_tokens = latent_tokens + self.latent_positions.to(latent_tokens.dtype)
         tau_index, step_index = self.noise_indices(signal_level, step_size)
         noise_token = torch.cat([self.signal_embed(tau_index), self.step_embed(step_index)], dim=-1)
         action_token = self.actions(actions, action_mask, independent_frames, b, t, previous_actions)
@@ -391,6 +396,8 @@ class DreamerPreTrainedModel(DreamerPreTrainedMixin, PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, DreamerFrameEmbeddings):
             init.normal_(module.registers, std=std)
+            if module.latent_positions is not None:
+                init.normal_(module.latent_positions, std=std)
         elif isinstance(module, DreamerActionEmbedding):
             init.normal_(module.base, std=std)
             init.normal_(module.no_action, std=std)
