@@ -42,9 +42,9 @@ demo-full: setup
 clean:
 	rm -rf demo_output demo_data bench_output
 
-# From pixels to an agent in an environment nobody here wrote (docs/environments.md): CartPole-v1 frames, its
+# From pixels to an agent in an environment nobody here wrote (docs/environments.md): Acrobot-v1 frames, its
 # scripted behaviour policy (recipes/env_policies.py), the tokenizer, phases 1-3, evaluation: demo_env_output/report.md.
 .PHONY: demo-env
 demo-env: setup
-	SDL_VIDEODRIVER=dummy $(PY) scripts/env_demo.py --env CartPole-v1 --policy recipes.env_policies:cartpole_policy \
+	SDL_VIDEODRIVER=dummy $(PY) scripts/env_demo.py --env Acrobot-v1 --policy recipes.env_policies:acrobot_policy \
 		--output demo_env_output --recipe cpu

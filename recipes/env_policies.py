@@ -42,3 +42,19 @@ def acrobot_policy(env: Any, observation: Any, rng: np.random.Generator) -> int:
         return int(rng.integers(3))
     _, _, first_link_velocity, _ = env.state
     return 0 if first_link_velocity > 0 else 2
+
+
+# MountainCar-v0 (push left, none, right): push the way the car moves, which pumps energy into the swing between
+# the hills. Alone it reaches the flag in about 126 steps; with a uniformly random action 30% of the time, in
+# about 159 (measured over 30 seeds: 126.5 +- 6.1 and 158.7 +- 2.3; random play never reaches it within the 200
+# steps). Written after the CPU recipe was fixed: an environment the recipe was not tuned on.
+MOUNTAINCAR_RANDOM_ACTION_PROBABILITY = 0.3
+
+
+def mountaincar_policy(env: Any, observation: Any, rng: np.random.Generator) -> int:
+    """MountainCar-v0: push right (2) while the car moves right, else left (0); a uniformly random action 30% of
+    the time. Reads the true state from the unwrapped env."""
+    if rng.random() < MOUNTAINCAR_RANDOM_ACTION_PROBABILITY:
+        return int(rng.integers(3))
+    _, velocity = env.state
+    return 2 if velocity > 0 else 0

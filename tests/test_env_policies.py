@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from recipes.env_policies import acrobot_policy, cartpole_policy
+from recipes.env_policies import acrobot_policy, cartpole_policy, mountaincar_policy
 
 
 class NeverRandom:
@@ -32,12 +32,18 @@ def test_acrobot_torques_against_the_first_links_swing(velocity: float, expected
     assert acrobot_policy(SimpleNamespace(state=(0.5, -0.2, velocity, 1.0)), None, NeverRandom()) == expected
 
 
-@pytest.mark.parametrize("policy, state, actions", [(cartpole_policy, (0.0, 0.0, 0.2, 0.0), 2),
-                                                     (acrobot_policy, (0.0, 0.0, 0.3, 0.0), 3)])
-def test_half_of_the_actions_are_uniformly_random(policy, state: tuple, actions: int) -> None:
+@pytest.mark.parametrize("velocity, expected", [(0.01, 2), (-0.01, 0), (0.0, 0)])
+def test_mountaincar_pushes_the_way_the_car_moves(velocity: float, expected: int) -> None:
+    assert mountaincar_policy(SimpleNamespace(state=(-0.5, velocity)), None, NeverRandom()) == expected
+
+
+@pytest.mark.parametrize("policy, state, actions, p_random", [(cartpole_policy, (0.0, 0.0, 0.2, 0.0), 2, 0.5),
+                                                               (acrobot_policy, (0.0, 0.0, 0.3, 0.0), 3, 0.5),
+                                                               (mountaincar_policy, (-0.5, 0.01), 3, 0.3)])
+def test_a_share_of_the_actions_is_uniformly_random(policy, state: tuple, actions: int, p_random: float) -> None:
     env, rng = SimpleNamespace(state=state), np.random.default_rng(0)
     chosen = np.array([policy(env, None, rng) for _ in range(4000)])
     scripted = policy(env, None, NeverRandom())
-    # P(scripted) = 0.5 + 0.5 / actions; every other action 0.5 / actions.
-    assert np.mean(chosen == scripted) == pytest.approx(0.5 + 0.5 / actions, abs=0.03)
+    # P(scripted) = 1 - p + p / actions; every other action p / actions.
+    assert np.mean(chosen == scripted) == pytest.approx(1 - p_random + p_random / actions, abs=0.03)
     assert set(chosen.tolist()) == set(range(actions))
