@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from modeling_dreamer.distributions import twohot_bins, twohot_decode
-from training.objectives import lambda_returns, pmpo_loss, policy_kl, value_loss
+from training.objectives import lambda_returns, pmpo_loss, pmpo_set_sizes, policy_kl, value_loss
 
 SPACE = {"move": {"type": "categorical", "n": 3}, "jump": {"type": "binary"}}
 
@@ -178,7 +178,10 @@ def _pmpo_on_rank(rank: int, world: int, port: int, queue) -> None:  # pragma: n
     log_probs, advantages, kl = pmpo_inputs()
     logits = log_probs.clone().requires_grad_(True)
     rows = slice(rank * 2, rank * 2 + 2)
-    out = pmpo_loss(logits[rows], advantages[rows], kl[rows])
+    # What the imagination stage does: the set sizes summed over the processes, each process's sums scaled.
+    set_sizes = pmpo_set_sizes(advantages[rows])
+    dist.all_reduce(set_sizes)
+    out = pmpo_loss(logits[rows], advantages[rows], kl[rows], set_sizes=set_sizes, num_processes=world)
     out.loss.backward()
     dist.all_reduce(logits.grad)  # what DDP does, averaged
     queue.put((rank, float(out.loss), (logits.grad / world).tolist()))
