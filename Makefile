@@ -40,7 +40,7 @@ demo-full: setup
 	$(PY) scripts/demo.py --output demo_output --full
 
 clean:
-	rm -rf demo_output demo_data bench_output
+	rm -rf demo_output demo_data bench_output demo_env_output
 
 # From pixels to an agent in an environment nobody here wrote (docs/environments.md): Acrobot-v1 frames, its
 # scripted behaviour policy (recipes/env_policies.py), the tokenizer, phases 1-3, evaluation: demo_env_output/report.md.

@@ -2,7 +2,7 @@
 """From pixels to an agent, in any gymnasium environment with discrete actions: one command.
 
     python scripts/env_demo.py --env ENV_ID --policy MODULE:CALLABLE --output DIR [--recipe cpu|gpu|smoke|FILE.yaml]
-        [--env-kwargs JSON] [--seed S] [--push-to-hub ORG/NAME-PREFIX]
+        [--env-kwargs JSON] [--threads N] [--start-at STEP] [--push-to-hub ORG/NAME-PREFIX]
 
 Each step is the command a user would type; this script chains them and reads their outputs:
 
